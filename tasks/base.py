@@ -10,7 +10,6 @@ an old dataset is ``--training-version v2 --dataset-version v1``. Outputs live a
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 
 import law
@@ -38,8 +37,9 @@ class BaseTask(law.Task):
                 params[name] = params["version"]
         return params
 
-    @cached_property
+    @property
     def cfg(self) -> Config:
+        # Not cached: luigi reuses task instances, and an edited config must be seen.
         return load_config(self.config)
 
     def store_parts(self) -> tuple[str, ...]:

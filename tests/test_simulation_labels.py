@@ -13,7 +13,7 @@ from bhive.simulation.ntuple import truth_branches
         (511, 5), (-521, 5), (531, 5), (5122, 5), (-5232, 5), (10511, 5),  # B mesons and baryons
         (411, 4), (-421, 4), (431, 4), (4122, 4), (4332, 4),                # D mesons, charm baryons
         (443, 0), (553, 0), (100443, 0),                                    # quarkonia: no open flavour
-        (211, 1), (321, 3), (310, 3), (3122, 3), (2212, 2),                 # light hadrons
+        (211, 2), (321, 3), (310, 3), (3122, 3), (2212, 2),                 # light hadrons
         (5, 0), (21, 0), (11, 0), (22, 0), (5101, 0), (2203, 0),            # partons, leptons, diquarks
     ],
 )

@@ -1,0 +1,16 @@
+"""Fixtures shared by b-hive's tests."""
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point ``BHIVE_STORE`` at a fresh store root for one test and return that path.
+
+    The directory itself is not created: whatever writes to the store must create it.
+    """
+    path = tmp_path / "store"
+    monkeypatch.setenv("BHIVE_STORE", str(path))
+    return path
