@@ -74,7 +74,8 @@ def produce(cfg: Config, split: str, seed: int, directory: Path, expected_identi
             if _record_path(directory, p).exists() and (directory / p.filename).exists()}
     todo = [p for p in plans if p.filename not in done]
     bar = tqdm(total=sum(p.n_jets for p in plans), initial=sum(p.n_jets for p in plans if p.filename in done),
-               unit=" jets", desc=f"simulating {cfg.name} {split}", disable=not show_progress)
+               unit=" jets", desc=f"simulating {cfg.name} {split}", disable=not show_progress,
+               mininterval=1.0)
 
     def record(entry: dict) -> None:
         atomic_write_json(directory / (entry["file"] + _RECORD_SUFFIX), entry)
