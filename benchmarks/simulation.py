@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.report import print_table
 from bhive.config import load_config
 from bhive.simulation.generator import EventSource
 from bhive.simulation.production import EVENTS_PER_BATCH, generate_file, generate_files, plan_files
@@ -73,14 +74,6 @@ def run(config: str, n_jets: int, workers: int) -> list[dict]:
             "ratio": timings[1] / timings[workers], "limit": workers,
         })
     return rows
-
-
-def print_table(rows: list[dict]) -> None:
-    print(f"{'stage':<34} {'figure':>12} {'reference':>12} {'ratio':>7}  reference is")
-    for row in rows:
-        print(f"{row['stage']:<34} {row['figure']:>9.0f} {row['unit']:<3}{row['reference']:>9.0f} "
-              f"{row['unit']:<3}{row['ratio']:>6.2f}  {row['reference_name']}"
-              + (f" (limit {row['limit']})" if "limit" in row else ""))
 
 
 def main() -> None:

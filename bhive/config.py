@@ -83,6 +83,7 @@ _TOP_LEVEL_KEYS = (
     "reference_flavour",
     "classes",
     "discriminators",
+    "reference_taggers",
     "processor",
     "dataloader",
     "model",
@@ -270,6 +271,7 @@ class Config:
     reference_flavour: str
     classes: dict[str, tuple[str, ...]]
     discriminators: dict[str, Discriminator]
+    reference_taggers: dict[str, dict[str, str]]
     processor: str
     dataloader: str
     model: str
@@ -295,6 +297,14 @@ class Config:
         sections = {key: self.raw.get(key) for key in keys}
         canonical = json.dumps(sections, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def reference_branches(self) -> tuple[str, ...]:
+        """Input branches holding reference-tagger scores, in config order."""
+        return tuple(branch for tagger in self.reference_taggers.values() for branch in tagger.values())
+
+    def reference_columns(self) -> tuple[str, ...]:
+        """Names ``tagger/discriminator`` of the reference scores, aligned with reference_branches()."""
+        return tuple(f"{name}/{disc}" for name, tagger in self.reference_taggers.items() for disc in tagger)
 
     @property
     def hash(self) -> str:
@@ -1097,6 +1107,27 @@ def _read_discriminators(r: _Reader, raw: dict, class_names: tuple[str, ...]) ->
     return discriminators
 
 
+def _read_reference_taggers(r: _Reader, raw: dict, discriminator_names: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``tagger: {discriminator: branch}``: scores of existing taggers stored in the inputs."""
+    taggers_raw = r.mapping(raw, "reference_taggers", (), default={})
+    path = ("reference_taggers",)
+    r.check_names(taggers_raw, path, "reference tagger names")
+    taggers = {}
+    for name in taggers_raw:
+        spec = r.mapping(taggers_raw, name, path)
+        if not spec:
+            raise r.error(path + (name,), "empty mapping; give at least one discriminator: branch pair")
+        for discriminator in spec:
+            if discriminator not in discriminator_names:
+                raise r.error(
+                    path + (name, discriminator),
+                    f"unknown discriminator {discriminator!r}"
+                    f"{_suggest(discriminator, discriminator_names, 'Discriminators')}",
+                )
+        taggers[name] = {disc: r.string(spec, disc, path + (name,)) for disc in spec}
+    return taggers
+
+
 def _read_training(r: _Reader, raw: dict) -> TrainingConfig:
     section = r.mapping(raw, "training", ())
     path = ("training",)
@@ -1150,6 +1181,7 @@ def _validate(r: _Reader, name: str, path: Path, raw: dict) -> Config:
         )
     classes = _read_classes(r, raw, labels)
     discriminators = _read_discriminators(r, raw, tuple(classes))
+    reference_taggers = _read_reference_taggers(r, raw, tuple(discriminators))
 
     return Config(
         name=name,
@@ -1170,6 +1202,7 @@ def _validate(r: _Reader, name: str, path: Path, raw: dict) -> Config:
         reference_flavour=reference,
         classes=classes,
         discriminators=discriminators,
+        reference_taggers=reference_taggers,
         processor=r.string(raw, "processor", ()),
         dataloader=r.string(raw, "dataloader", ()),
         model=r.string(raw, "model", ()),

@@ -14,3 +14,14 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "store"
     monkeypatch.setenv("BHIVE_STORE", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_task_instances():
+    """luigi caches task instances by parameters; tests change the store and configs between
+    runs with the same parameters, so every test starts with an empty cache."""
+    import luigi
+
+    luigi.task_register.Register.clear_instance_cache()
+    yield
+    luigi.task_register.Register.clear_instance_cache()

@@ -411,8 +411,7 @@ class Detector:
         key = np.stack([tracks["jet"][index].astype(np.float64),
                         np.round(tracks["vx"][index], 7), np.round(tracks["vy"][index], 7),
                         np.round(tracks["vz"][index], 7)], axis=1)
-        _, vertex_of, = np.unique(key, axis=0, return_inverse=True)[:2]
-        vertex_of = vertex_of.ravel()
+        vertex_of = np.unique(key, axis=0, return_inverse=True)[1].ravel()
         n_vertices = int(vertex_of.max()) + 1 if len(vertex_of) else 0
         summed = self._vertex_from_tracks(vertex_of, index, n_vertices, tracks)
         first = np.full(n_vertices, -1)

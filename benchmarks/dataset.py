@@ -1,0 +1,145 @@
+"""Dataset-construction throughput and memory, each figure beside its reference from the same run.
+
+    python -m benchmarks.dataset [--config hlt_ak4] [--jets 20000] [--copies 10] [--json out.json]
+
+Rows:
+- conversion (processor + shards, iterative executor, one core) in jets/s beside reading and
+  decompressing the same branches of the same file with uproot alone: the ratio is the
+  conversion's speed relative to the raw read (aim: >= 0.5);
+- peak RSS of converting ``copies`` x the input beside converting it once, each in a fresh
+  process: memory must not grow with the input (limit: 1.5).
+Large inputs are hard links to one generated file under different names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.report import print_table
+from bhive import construction
+from bhive.config import load_config
+from bhive.simulation.production import generate_file, plan_files
+
+
+def make_input(cfg, directory: Path, n_jets: int) -> Path:
+    plan = next(p for p in plan_files(cfg.simulate, "train", seed=1) if p.process == "ttbar")
+    plan = dataclasses.replace(plan, n_jets=n_jets)
+    path = directory / plan.filename
+    generate_file(plan, cfg.simulate, cfg.treename, path)
+    return path
+
+
+def raw_read_seconds(cfg, path: Path, branches: set[str], repeats: int = 2) -> float:
+    import uproot
+
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with uproot.open(path) as file:
+            file[cfg.treename].arrays(sorted(branches), library="ak")
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def convert(cfg, files: list[str], work: Path, chunk_size: int, shard_size: int) -> dict:
+    started = time.perf_counter()
+    settings = construction.ExecutorSettings(executor="iterative", chunk_size=chunk_size)
+    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings)
+    processed = time.perf_counter()
+    meta = construction.build_dataset(cfg, piece_dirs, work / "dataset", split="train", seed=1,
+                                      shard_size=shard_size, dataset_identity={"benchmark": True})
+    finished = time.perf_counter()
+    return {"n_jets_read": meta["counts"]["read"], "process_seconds": processed - started,
+            "merge_seconds": finished - processed, "seconds": finished - started,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _child(args) -> None:
+    """Convert in this fresh process and print the result as JSON (used for the memory rows)."""
+    cfg = load_config(args.config)
+    files = [line for line in Path(args.child).read_text().splitlines() if line]
+    print(json.dumps(convert(cfg, files, Path(args.work), args.chunk_size, args.shard_size)))
+
+
+def _convert_in_child(config, files, work: Path, chunk_size, shard_size) -> dict:
+    listing = work.with_suffix(".txt")
+    listing.write_text("\n".join(files))
+    output = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dataset", "--config", config, "--child", str(listing), "--work", str(work),
+         "--chunk-size", str(chunk_size), "--shard-size", str(shard_size)],
+        check=True, capture_output=True, text=True)
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def run(config: str, n_jets: int, copies: int, chunk_size: int, shard_size: int) -> list[dict]:
+    cfg = load_config(config)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        source = make_input(cfg, scratch, n_jets)
+        from processors.base import processor_class
+
+        branches = processor_class(cfg.processor)(cfg, scratch, {}).required_branches()
+        raw = raw_read_seconds(cfg, source, branches)
+        single = convert(cfg, [str(source)], scratch / "speed", chunk_size, shard_size)
+        rows.append({
+            "stage": "dataset conversion (1 core)", "figure": n_jets / single["seconds"], "unit": "jets/s",
+            "reference": n_jets / raw, "reference_name": "uproot read+decompress, same branches",
+            "ratio": raw / single["seconds"], "limit": 0.5,
+            "detail": {"process_seconds": single["process_seconds"], "merge_seconds": single["merge_seconds"],
+                       "raw_read_seconds": raw},
+        })
+
+        copies_dir = scratch / "copies"
+        copies_dir.mkdir()
+        many = []
+        for i in range(copies):
+            link = copies_dir / f"ttbar_copy_{i:04d}.root"
+            os.link(source, link)
+            many.append(str(link))
+        small = _convert_in_child(config, many[:1], scratch / "small", chunk_size, shard_size)
+        large = _convert_in_child(config, many, scratch / "large", chunk_size, shard_size)
+        rows.append({
+            "stage": f"dataset peak RSS ({copies * n_jets} jets)", "figure": large["peak_rss_mb"], "unit": "MB",
+            "reference": small["peak_rss_mb"], "reference_name": f"same for {n_jets} jets",
+            "ratio": large["peak_rss_mb"] / small["peak_rss_mb"], "limit": 1.5,
+        })
+        rows.append({
+            "stage": f"dataset conversion ({copies * n_jets} jets)", "figure": copies * n_jets / large["seconds"],
+            "unit": "jets/s", "reference": n_jets / small["seconds"], "reference_name": f"same for {n_jets} jets",
+            "ratio": (copies * n_jets / large["seconds"]) / (n_jets / small["seconds"]),
+        })
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="hlt_ak4")
+    parser.add_argument("--jets", type=int, default=20_000, help="jets in the generated input file")
+    parser.add_argument("--copies", type=int, default=10, help="copies of the file for the large-input row")
+    parser.add_argument("--chunk-size", type=int, default=100_000)
+    parser.add_argument("--shard-size", type=int, default=50_000)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+    rows = run(args.config, args.jets, args.copies, args.chunk_size, args.shard_size)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Dataset construction: input files -> processor pieces -> reweighted shards + meta.json.
+
+Two steps, each usable on its own so that the first can be spread over batch jobs:
+
+1. :func:`process_files` runs the config's processor over files with coffea's
+   ``processor.Runner`` (iterative, futures or dask executor) and leaves one piece per
+   chunk in a piece directory;
+2. :func:`build_dataset` sums the pieces' histograms, computes the reference-class weights,
+   streams the pieces into shuffled shards, plots the spectra and writes ``meta.json`` last.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bhive import dataset, inputs, plotting, reweighting
+from bhive.config import Config
+from bhive.store import code_version, stable_hash
+
+logger = logging.getLogger(__name__)
+
+EXECUTORS = ("iterative", "futures", "dask")
+
+#: config sections that change a dataset's content (classes, models and training do not)
+DATASET_SECTIONS = (
+    "treename", "processes", "process_overlap", "bins_pt", "bins_eta", "pt_key", "eta_key",
+    "global_features", "global_custom_features", "cpf_candidates", "n_cpf_candidates",
+    "cpf_custom_features", "npf_candidates", "n_npf_candidates", "npf_custom_features",
+    "vtx_features", "n_vtx_candidates", "vtx_custom_features", "truths", "reference_flavour",
+    "reference_taggers", "processor",
+)
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """How coffea runs the processor: executor kind, parallel processes, chunk size."""
+
+    executor: str = "futures"
+    processes: int = 1
+    chunk_size: int = 100_000
+    scheduler_address: str | None = None
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor '{self.executor}'; choose one of {', '.join(EXECUTORS)}")
+        if self.chunk_size < 1 or self.processes < 1:
+            raise ValueError("chunk size and number of processes must be at least 1")
+
+
+def identity(cfg: Config, split: str, seed: int, files: Sequence[str], histograms_from: str | None) -> dict:
+    """Everything that changes a dataset's content."""
+    return {
+        "kind": "dataset",
+        "config": cfg.section_hash(*DATASET_SECTIONS),
+        "input_files": inputs.file_list_hash(files),
+        "split": split,
+        "seed": seed,
+        "histograms_from": histograms_from,
+    }
+
+
+def check_inputs(cfg: Config, files: Sequence[str], required_branches: set[str]) -> dict[str, int]:
+    """Check every file (tree, branches) and assign processes; returns file -> process index."""
+    truth_branches = {c.branch for rule in cfg.truths for c in rule.conditions}
+    for path in files:
+        inputs.check_file(path, cfg.treename, required_branches, truth_branches)
+    return inputs.assign_processes(files, cfg.processes, cfg.process_overlap)
+
+
+def _executor(settings: ExecutorSettings, retries: int):
+    from coffea import processor
+
+    if settings.executor == "iterative":
+        return processor.IterativeExecutor(retries=retries), None
+    if settings.executor == "futures":
+        return processor.FuturesExecutor(workers=settings.processes, retries=retries), None
+    from distributed import Client, LocalCluster
+
+    if settings.scheduler_address:
+        client = Client(settings.scheduler_address)
+    else:
+        client = Client(LocalCluster(n_workers=settings.processes, threads_per_worker=1, processes=True,
+                                     dashboard_address=None))
+    return processor.DaskExecutor(client=client, status=True, retries=retries), client
+
+
+def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, settings: ExecutorSettings,
+                  file_processes: dict[str, int] | None = None) -> list[Path]:
+    """Run the config's processor over ``files``; returns the piece directories, sorted by name.
+
+    Pieces that already exist (from an interrupted run) are reused, not recomputed.
+    """
+    from coffea import processor
+    from coffea.nanoevents import BaseSchema
+
+    from processors.base import processor_class
+
+    processor_cls = processor_class(cfg.processor)
+    if file_processes is None:
+        probe = processor_cls(cfg, piece_directory, {})
+        file_processes = check_inputs(cfg, files, probe.required_branches())
+    instance = processor_cls(cfg, piece_directory, file_processes)
+    piece_directory.mkdir(parents=True, exist_ok=True)
+    # retrying only helps against transient network errors; a local file fails the same way again
+    retries = 3 if any(inputs.is_remote(f) for f in files) else 0
+    executor, client = _executor(settings, retries)
+    try:
+        runner = processor.Runner(executor=executor, schema=BaseSchema, chunksize=settings.chunk_size)
+        output = runner({"inputs": list(files)}, instance, treename=cfg.treename)
+    finally:
+        if client is not None:
+            client.close()
+    names = sorted(output["pieces"]) if output else []
+    return [piece_directory / name for name in names]
+
+
+def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, split: str, seed: int,
+                  shard_size: int, dataset_identity: dict, histograms_from: Path | None = None) -> dict:
+    """Merge pieces into shards with weights, plot spectra, and write ``meta.json`` (last)."""
+    from bhive import pieces
+
+    infos = [pieces.read_info(d) for d in piece_dirs]
+    labels = cfg.truth_labels
+    counts = dataset.total_counts(infos)
+    if counts["kept"] == 0:
+        raise dataset.DatasetError(
+            f"the selection left zero jets out of {counts['read']} read ({counts['out_of_range']} outside "
+            f"bins_pt/bins_eta of {cfg.path.name}, {counts['no_label']} without a truth label, "
+            f"{counts['non_finite']} with NaN/inf); check the bins, the truth rules and the inputs")
+    histograms = dataset.summed_histograms(infos, len(labels), len(cfg.bins_pt) - 1, len(cfg.bins_eta) - 1)
+    if histograms_from is not None:
+        reference_meta = dataset.load_meta(histograms_from)
+        weights = np.asarray(reference_meta["weights"])
+        report_lines = [f"weights taken from {histograms_from}"]
+    else:
+        weights, report = reweighting.reference_weights(histograms, labels, cfg.reference_flavour)
+        report_lines = report.lines()
+    for line in report_lines:
+        logger.info(line)
+
+    shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt, cfg.bins_eta)
+    plot_paths = plotting.plot_spectra(histograms, reweighting.reweighted_histograms(histograms, weights),
+                                       cfg.bins_pt, cfg.bins_eta, labels, directory / "plots")
+
+    per_file: dict[str, dict] = {}
+    for info in infos:
+        entry = per_file.setdefault(info["file"], {"file": info["file"], "process": info["process"], "n_jets": 0})
+        entry["n_jets"] += info["n_jets"]
+    label_counts = histograms.sum(axis=(1, 2))
+    meta = {
+        "config": cfg.name,
+        "split": split,
+        "seed": seed,
+        "identity": dataset_identity,
+        "identity_hash": stable_hash(dataset_identity),
+        "code_version": code_version(),
+        "features": {
+            "global": [*cfg.global_features, *cfg.global_custom_features],
+            **{g.name: [*g.features, *g.custom_features] for g in cfg.candidate_groups.values()},
+        },
+        "n_candidates": {g.name: g.n_candidates for g in cfg.candidate_groups.values()},
+        "kinematics": [cfg.pt_key, cfg.eta_key],
+        "truth_labels": list(labels),
+        "reference_flavour": cfg.reference_flavour,
+        "processes": [p.name for p in cfg.processes],
+        "extras": list(cfg.reference_columns()),
+        "bins_pt": list(cfg.bins_pt),
+        "bins_eta": list(cfg.bins_eta),
+        "histograms": histograms.tolist(),
+        "weights": np.asarray(weights).tolist(),
+        "weights_from": str(histograms_from) if histograms_from else None,
+        "reweighting_report": report_lines,
+        "jets_per_label": {label: int(n) for label, n in zip(labels, label_counts)},
+        "counts": counts,
+        "n_jets": int(sum(s["n_jets"] for s in shards)),
+        "shards": shards,
+        "files": list(per_file.values()),
+        "plots": sorted(str(p.relative_to(directory)) for p in plot_paths),
+    }
+    dataset.write_meta(directory, meta)
+    return meta

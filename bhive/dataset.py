@@ -1,0 +1,143 @@
+"""The dataset format: shards of ``.npy`` arrays plus ``meta.json`` (the contract between
+dataset construction and training).
+
+Each shard directory holds one ``.npy`` per array, all with the same first dimension:
+``global`` (n, n_global), ``cpf``/``npf``/``vtx`` (n, n_candidates, n_features) with masks
+``mask_cpf``/... (n, n_candidates), ``truth`` (n,) int16 index into the truth labels,
+``kinematics`` (n, 2) pt and eta, ``process`` (n,) int16, ``extras`` (n, n_extras)
+reference-tagger scores and ``weight`` (n,) the reweighting weight. Shards are
+memory-mappable, so a reader never needs a whole dataset in memory.
+
+Shards are built from pieces in two streaming passes, so memory is bounded by one piece plus
+one shard: every jet of every piece is sent to a random shard (seeded), then each shard is
+shuffled (seeded) and written. Every shard therefore mixes all files and processes, and the
+same pieces and seed give byte-identical shards whatever order the pieces were produced in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bhive import pieces, reweighting
+from bhive.store import atomic_write_json, read_json
+
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+WEIGHT = "weight"
+_BUCKETS = ".buckets"
+# Streams of the seeded random generators: which shard a piece's jets go to, and the order
+# within a shard.
+_SHARD_ASSIGNMENT, _SHARD_ORDER = 0, 1
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be built or read as asked."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:04d}"
+
+
+def total_counts(infos: Sequence[dict]) -> dict[str, int]:
+    keys = ("read", "out_of_range", "no_label", "non_finite", "kept")
+    return {k: int(sum(info["counts"][k] for info in infos)) for k in keys}
+
+
+def summed_histograms(infos: Sequence[dict], n_labels: int, n_pt: int, n_eta: int) -> np.ndarray:
+    counts = np.zeros((n_labels, n_pt, n_eta))
+    for info in infos:
+        counts += np.asarray(info["histograms"])
+    return counts
+
+
+def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_size: int,
+                 weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float]) -> list[dict]:
+    """Stream ``piece_dirs`` (in the given order) into shuffled shards under ``directory``.
+
+    Returns ``[{"name", "n_jets"}]`` per shard. Existing shards of an interrupted attempt
+    are rewritten; pieces are only read.
+    """
+    infos = [pieces.read_info(d) for d in piece_dirs]
+    layout = {name: spec for info in infos for name, spec in info["arrays"].items()}
+    total = sum(info["n_jets"] for info in infos)
+    n_shards = max(1, math.ceil(total / shard_size))
+
+    buckets = directory / _BUCKETS
+    shutil.rmtree(buckets, ignore_errors=True)
+    buckets.mkdir(parents=True)
+    bucket_sizes = np.zeros(n_shards, dtype=np.int64)
+    for index, (piece_dir, info) in enumerate(zip(piece_dirs, infos)):
+        n = info["n_jets"]
+        if n == 0:
+            continue
+        destination = np.random.default_rng([seed, _SHARD_ASSIGNMENT, index]).integers(n_shards, size=n)
+        order = np.argsort(destination, kind="stable")
+        bounds = np.searchsorted(destination[order], np.arange(n_shards + 1))
+        bucket_sizes += np.diff(bounds)
+        for name in layout:
+            values = pieces.load_array(piece_dir, name)[order]
+            for shard in range(n_shards):
+                if bounds[shard + 1] > bounds[shard]:
+                    with open(buckets / f"{shard}.{name}.bin", "ab") as stream:
+                        stream.write(np.ascontiguousarray(values[bounds[shard]:bounds[shard + 1]]).tobytes())
+
+    shards = []
+    for shard in range(n_shards):
+        arrays = {}
+        n = bucket_sizes[shard]
+        for name, spec in layout.items():
+            path = buckets / f"{shard}.{name}.bin"
+            dtype = np.dtype(spec["dtype"])
+            flat = np.fromfile(path, dtype=dtype) if path.exists() else np.zeros(0, dtype)
+            arrays[name] = flat.reshape(n, *spec["shape"][1:])
+        permutation = np.random.default_rng([seed, _SHARD_ORDER, shard]).permutation(n)
+        arrays = {name: values[permutation] for name, values in arrays.items()}
+        kinematics = arrays["kinematics"]
+        arrays[WEIGHT] = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], arrays["truth"],
+                                                 bins_pt, bins_eta).astype(np.float32)
+        _write_shard(directory / shard_name(shard), arrays)
+        for name in layout:
+            (buckets / f"{shard}.{name}.bin").unlink(missing_ok=True)
+        shards.append({"name": shard_name(shard), "n_jets": int(n)})
+    shutil.rmtree(buckets)
+    return shards
+
+
+def _write_shard(directory: Path, arrays: dict[str, np.ndarray]) -> None:
+    temporary = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    for name, values in arrays.items():
+        np.save(temporary / f"{name}.npy", values, allow_pickle=False)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.rename(temporary, directory)
+
+
+def write_meta(directory: Path, meta: dict) -> None:
+    atomic_write_json(directory / META_FILE, {"format_version": FORMAT_VERSION, **meta})
+
+
+def load_meta(directory: Path) -> dict:
+    path = Path(directory) / META_FILE
+    if not path.exists():
+        raise DatasetError(f"{directory} is not a finished dataset: {META_FILE} is missing")
+    meta = read_json(path)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(f"{path}: dataset format {meta.get('format_version')} is not the supported "
+                           f"{FORMAT_VERSION}; rebuild the dataset with a new --dataset-version")
+    return meta
+
+
+def open_shard(directory: Path, name: str, mmap: bool = True) -> dict[str, np.ndarray]:
+    """All arrays of one shard, memory-mapped by default."""
+    shard = Path(directory) / name
+    if not shard.is_dir():
+        raise DatasetError(f"shard {shard} is missing; the dataset is damaged, rebuild it")
+    return {path.stem: np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            for path in sorted(shard.glob("*.npy"))}

@@ -1,0 +1,212 @@
+"""Dataset construction: shapes, selection, weights, reproducibility, executors, resumption."""
+
+import hashlib
+import logging
+
+import numpy as np
+import pytest
+
+from bhive import construction, dataset, inputs, pieces
+from bhive.config import load_config
+from tests.deepntuple_files import unit_config, write_config, write_deepntuple
+
+N_TTBAR, N_QCD = 700, 500
+
+
+@pytest.fixture
+def unit(tmp_path, monkeypatch):
+    """Two small input files and a config reading them."""
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    truth = {
+        "ttbar": write_deepntuple(samples / "train_ttbar_0.root", N_TTBAR, seed=1, nan_jets=7),
+        "qcd": write_deepntuple(samples / "train_qcd_0.root", N_QCD, seed=2, b_fraction=0.1),
+    }
+    configs = tmp_path / "configs"
+    write_config(configs, "unit", unit_config(samples))
+    monkeypatch.setenv("BHIVE_CONFIG_DIR", str(configs))
+    return {"cfg": load_config("unit"), "samples": samples, "truth": truth, "tmp": tmp_path}
+
+
+def build(unit, name="out", executor="iterative", processes=1, chunk_size=300, shard_size=400, seed=3,
+          histograms_from=None):
+    cfg = unit["cfg"]
+    files = inputs.resolve_files(cfg.samples.train, "train")
+    work = unit["tmp"] / name
+    settings = construction.ExecutorSettings(executor=executor, processes=processes, chunk_size=chunk_size)
+    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings)
+    identity = {"test": name}
+    meta = construction.build_dataset(cfg, piece_dirs, work / "dataset", split="train", seed=seed,
+                                      shard_size=shard_size, dataset_identity=identity,
+                                      histograms_from=histograms_from)
+    return work / "dataset", meta
+
+
+def shard_digest(directory, meta):
+    digest = hashlib.sha256()
+    for shard in meta["shards"]:
+        for path in sorted((directory / shard["name"]).glob("*.npy")):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_all(directory, meta):
+    shards = [dataset.open_shard(directory, s["name"]) for s in meta["shards"]]
+    return {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
+
+
+def test_arrays_follow_the_dataset_contract(unit):
+    directory, meta = build(unit)
+    arrays = load_all(directory, meta)
+    n = meta["n_jets"]
+    assert arrays["global"].shape == (n, 4) and arrays["global"].dtype == np.float32
+    assert arrays["cpf"].shape == (n, 5, 2) and arrays["mask_cpf"].shape == (n, 5) and arrays["mask_cpf"].dtype == bool
+    assert arrays["vtx"].shape == (n, 2, 2)
+    assert arrays["truth"].dtype == np.int16 and arrays["process"].dtype == np.int16
+    assert arrays["kinematics"].shape == (n, 2) and arrays["weight"].shape == (n,)
+    assert arrays["extras"].shape == (n, 1)
+    assert meta["features"] == {"global": ["jet_pt", "jet_eta", "npv", "log_pt"],
+                                "cpf": ["pfcand_pt", "pfcand_sip"], "vtx": ["sv_mass", "sv_dxysig"]}
+    assert meta["extras"] == ["OldTagger/BvsL"] and meta["kinematics"] == ["jet_pt", "jet_eta"]
+    # kinematics by name: pt and eta are the jet_pt/jet_eta globals, and the custom feature is log(pt)
+    np.testing.assert_array_equal(arrays["kinematics"][:, 0], arrays["global"][:, 0])
+    np.testing.assert_allclose(arrays["global"][:, 3], np.log(arrays["global"][:, 0]), rtol=1e-6)
+    # padding: masked slots are zero, and the mask counts the candidates (up to 5)
+    assert np.all(arrays["cpf"][~arrays["mask_cpf"]] == 0)
+    assert set(np.unique(arrays["process"])) == {0, 1}
+    for k in ("global", "cpf", "vtx", "kinematics"):
+        assert np.isfinite(arrays[k]).all()
+
+
+def test_selection_counts_and_nan_jets(unit):
+    _, meta = build(unit)
+    expected = 0
+    for name, sample in unit["truth"].items():
+        pt, eta = sample["pt"], sample["eta"]
+        in_range = (pt >= 30) & (pt < 1000) & (eta >= -2.5) & (eta < 2.5)
+        if name == "ttbar":
+            in_range[:7] = False  # their jet_pt is NaN: no comparison holds, so they are out of range
+        expected += int(in_range.sum())
+    counts = meta["counts"]
+    assert counts["read"] == N_TTBAR + N_QCD
+    assert counts["kept"] == meta["n_jets"] == expected
+    assert counts["out_of_range"] == counts["read"] - expected
+    assert counts["no_label"] == counts["non_finite"] == 0
+    assert sum(meta["jets_per_label"].values()) == expected
+
+
+def test_non_finite_candidate_features_are_dropped_and_counted(unit, tmp_path):
+    cfg = unit["cfg"]
+    from processors.deepntuple import DeepNtupleProcessor
+    import awkward as ak
+
+    processor = DeepNtupleProcessor(cfg, tmp_path, {})
+    table = ak.Array({
+        "jet_pt": np.array([50.0, 60.0, 70.0], np.float32), "jet_eta": np.zeros(3, np.float32),
+        "npv": np.ones(3, np.int32), "isB": np.array([1, 0, 0]), "isC": np.array([0, 1, 0]),
+        "isL": np.array([0, 0, 1]), "btag_score": np.zeros(3, np.float32),
+        "pfcand_pt": [[1.0], [np.inf], [2.0, 3.0]], "pfcand_sip": [[0.0], [1.0], [np.nan, 1.0]],
+        "sv_mass": [[], [1.0], []], "sv_dxysig": [[], [2.0], []],
+    })
+    arrays, info = processor.build(table, "made-up.root")
+    assert info["counts"]["non_finite"] == 2 and info["n_jets"] == 1
+    np.testing.assert_array_equal(arrays["truth"], [0])
+
+
+def test_weights_reweight_every_label_to_the_reference(unit):
+    directory, meta = build(unit)
+    arrays = load_all(directory, meta)
+    bins_pt, bins_eta = meta["bins_pt"], meta["bins_eta"]
+    assert np.isclose(np.max(arrays["weight"]), 1.0)
+    spectra = []
+    for label in range(3):
+        selected = arrays["truth"] == label
+        assert np.isclose(arrays["weight"][selected].max(), 1.0)
+        weighted, _, _ = np.histogram2d(arrays["kinematics"][selected, 0], arrays["kinematics"][selected, 1],
+                                        bins=[bins_pt, bins_eta], weights=arrays["weight"][selected])
+        spectra.append(weighted)
+    reference = spectra[0]
+    for weighted in spectra[1:]:
+        both = (weighted > 0) & (reference > 0)
+        ratio = weighted[both] / reference[both]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+
+
+def test_same_inputs_and_seed_give_identical_shards_with_any_executor(unit):
+    first_dir, first = build(unit, "a", executor="iterative")
+    second_dir, second = build(unit, "b", executor="futures", processes=2)
+    assert shard_digest(first_dir, first) == shard_digest(second_dir, second)
+    other_dir, other = build(unit, "c", seed=4)
+    assert shard_digest(other_dir, other) != shard_digest(first_dir, first)
+
+
+def test_dask_executor_on_a_local_cluster_gives_the_same_shards(unit):
+    reference_dir, reference = build(unit, "iterative", executor="iterative")
+    dask_dir, dask_meta = build(unit, "dask", executor="dask", processes=2)
+    assert shard_digest(dask_dir, dask_meta) == shard_digest(reference_dir, reference)
+
+
+def test_shards_mix_files_and_processes(unit):
+    directory, meta = build(unit, shard_size=300)
+    assert len(meta["shards"]) == 4
+    for shard in meta["shards"]:
+        arrays = dataset.open_shard(directory, shard["name"])
+        assert set(np.unique(arrays["process"])) == {0, 1}
+
+
+def test_chunk_size_larger_than_the_data(unit):
+    _, meta = build(unit, chunk_size=10_000_000)
+    assert meta["n_jets"] > 0 and len(meta["files"]) == 2
+
+
+def test_interrupted_processing_reuses_finished_pieces(unit):
+    cfg = unit["cfg"]
+    files = inputs.resolve_files(cfg.samples.train, "train")
+    settings = construction.ExecutorSettings(executor="iterative", chunk_size=300)
+    directory = unit["tmp"] / "pieces"
+    first = construction.process_files(cfg, files, directory, settings)
+    kept = {p: (p / "global.npy").stat().st_mtime_ns for p in first[1:]}
+    import shutil
+    shutil.rmtree(first[0])
+    second = construction.process_files(cfg, files, directory, settings)
+    assert second == first
+    assert all((p / "global.npy").stat().st_mtime_ns == t for p, t in kept.items())
+
+
+def test_piece_names_are_unique_for_any_path():
+    names = {
+        pieces.piece_name("/data/a/ttbar.root", "t", 0, 100),
+        pieces.piece_name("/data/b/ttbar.root", "t", 0, 100),
+        pieces.piece_name("root://eosuser.cern.ch//eos/a/ttbar.root", "t", 0, 100),
+        pieces.piece_name("root://other.cern.ch//eos/a/ttbar.root", "t", 0, 100),
+        pieces.piece_name("/data/a/ttbar.root", "t", 100, 200),
+        pieces.piece_name("/data/a/ttbar.root", "u", 0, 100),
+    }
+    assert len(names) == 6
+    assert all("/" not in n and ":" not in n for n in names)
+
+
+def test_histograms_from_another_dataset(unit):
+    train_dir, train = build(unit, "train")
+    test_dir, test = build(unit, "test", seed=9, histograms_from=train_dir)
+    assert test["weights"] == train["weights"] and test["weights_from"] == str(train_dir)
+
+
+def test_spectra_plots_are_written_with_their_data(unit):
+    directory, meta = build(unit)
+    for stem in ("pt_before", "pt_after", "eta_before", "eta_after"):
+        for suffix in (".png", ".pdf", ".npz"):
+            assert (directory / "plots" / f"{stem}{suffix}").stat().st_size > 0
+
+
+def test_process_assignment(caplog):
+    processes = load_config("hlt_ak4").processes
+    assert inputs.assign_processes(["/x/ttbar_1.root", "/x/qcd_2.root"], processes) == {
+        "/x/ttbar_1.root": 0, "/x/qcd_2.root": 1}
+    with pytest.raises(inputs.InputError, match="matches several processes"):
+        inputs.assign_processes(["/x/ttbar_qcd_1.root"], processes)
+    with pytest.raises(inputs.InputError, match="matches no process"):
+        inputs.assign_processes(["/x/wjets_1.root"], processes)
+    with caplog.at_level(logging.WARNING):
+        assert inputs.assign_processes(["/x/wjets_1.root"], processes, overlap="warn") == {"/x/wjets_1.root": -1}
+    assert "matches no process" in caplog.text
