@@ -1,0 +1,314 @@
+"""NanoAODProcessor: jets flattened over events, SVs and PF candidates attached per jet.
+
+The expected tables are built here by plain Python loops over the events of the file, read
+with uproot, independently of the processor's vectorised code.
+"""
+
+import math
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+import yaml
+from coffea import processor
+from coffea.nanoevents import BaseSchema
+
+from bhive import pieces
+from bhive.config import ConfigError, load_config
+from processors.base import ProcessorError, processor_class
+from processors.nanoaod import NanoAODProcessor
+from tests.nanoaod_files import TREE, write_nanoaod
+
+N_EVENTS = 120
+CONE = 0.4
+# Candidates this close to the cone edge may fall either way in float32; they are not judged.
+EDGE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config("nanoaod_ak4")
+
+
+class _JetTables(processor.ProcessorABC):
+    """Collects the jet table of every chunk, to look at what the processor builds."""
+
+    def __init__(self, inner: NanoAODProcessor):
+        self.inner = inner
+
+    def process(self, events):
+        return {"tables": [self.inner.jet_table(events)]}
+
+    def postprocess(self, accumulator):
+        return accumulator
+
+
+def run(path, proc, chunksize=100_000):
+    runner = processor.Runner(executor=processor.IterativeExecutor(), schema=BaseSchema, chunksize=chunksize)
+    return runner({"inputs": [str(path)]}, proc, treename=TREE)
+
+
+def jet_table(path, cfg, tmp_path, chunksize=100_000):
+    proc = NanoAODProcessor(cfg, piece_directory=tmp_path / "pieces", file_processes={str(path): 0})
+    return ak.concatenate(run(path, _JetTables(proc), chunksize)["tables"])
+
+
+def read_events(path):
+    return uproot.open(path)[TREE].arrays(library="ak").tolist()
+
+
+def delta_r(eta1, phi1, eta2, phi2):
+    d_phi = math.remainder(phi1 - phi2, 2 * math.pi)
+    return math.hypot(eta1 - eta2, d_phi)
+
+
+def cone_reference(events, prefix, sort_key):
+    """Per jet: indices of the objects in the cone by sort_key descending; sort_key values of those on its edge."""
+    inside, edge_keys = [], []
+    for event in events:
+        for eta, phi in zip(event["Jet_eta"], event["Jet_phi"]):
+            distances = [delta_r(eta, phi, e, p) for e, p in zip(event[f"{prefix}eta"], event[f"{prefix}phi"])]
+            chosen = [i for i, d in enumerate(distances) if d < CONE]
+            chosen.sort(key=lambda i: -event[sort_key][i])
+            inside.append(chosen)
+            edge_keys.append({event[sort_key][i] for i, d in enumerate(distances) if abs(d - CONE) < EDGE})
+    return inside, edge_keys
+
+
+def per_jet(events, name, indices):
+    """Values of branch ``name`` for the per-jet object indices (jets in event-then-jet order)."""
+    values, jet = [], 0
+    for event in events:
+        for _ in event["Jet_pt"]:
+            values.append([event[name][i] for i in indices[jet]])
+            jet += 1
+    return values
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("nanoaod")
+    paths = {
+        "linked": directory / "linked_ttbar.root",
+        "unlinked": directory / "unlinked_qcd.root",
+        "no_sv_index": directory / "no_sv_index_ttbar.root",
+    }
+    write_nanoaod(paths["linked"], N_EVENTS, seed=11, with_association=True, with_sv_index=True)
+    write_nanoaod(paths["unlinked"], N_EVENTS, seed=12, with_association=False, with_sv_index=False)
+    write_nanoaod(paths["no_sv_index"], N_EVENTS, seed=13, with_association=True, with_sv_index=False)
+    return paths
+
+
+def test_one_row_per_jet_in_event_then_jet_order(files, cfg, tmp_path):
+    events = read_events(files["linked"])
+    assert any(len(e["Jet_pt"]) == 0 for e in events), "the test file should contain events without jets"
+    table = jet_table(files["linked"], cfg, tmp_path)
+
+    for name in ("Jet_pt", "Jet_eta", "Jet_nConstituents", "Jet_hadronFlavour", "Jet_partonFlavour",
+                 "Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_btagDeepFlavCvB"):
+        expected = [value for event in events for value in event[name]]
+        assert table[name].tolist() == expected, name
+    assert table["PV_npvs"].tolist() == [event["PV_npvs"] for event in events for _ in event["Jet_pt"]]
+
+
+def test_association_table_gives_each_jets_constituents(files, cfg, tmp_path):
+    events = read_events(files["linked"])
+    constituents = [
+        [c for j, c in zip(event["JetPFCands_jetIdx"], event["JetPFCands_pFCandsIdx"]) if j == jet]
+        for event in events for jet in range(len(event["Jet_pt"]))
+    ]
+    table = jet_table(files["linked"], cfg, tmp_path)
+
+    for name in ("PFCands_pt", "PFCands_d0", "PFCands_charge", "PFCands_puppiWeight"):
+        assert table[name].tolist() == per_jet(events, name, constituents), name
+    # the association, not a cone: constituents scattered outside 0.4 still belong to their jet
+    inside, _ = cone_reference(events, "PFCands_", "PFCands_pt")
+    assert any(sorted(a) != sorted(b) for a, b in zip(constituents, inside))
+    assert ak.num(table["PFCands_pt"]).tolist() == table["Jet_nConstituents"].tolist()
+
+
+def test_sv_index_gives_the_vertices_the_jet_names(files, cfg, tmp_path):
+    events = read_events(files["linked"])
+    named = [[i for i in (event["Jet_svIdx1"][jet], event["Jet_svIdx2"][jet]) if i >= 0]
+             for event in events for jet in range(len(event["Jet_pt"]))]
+    assert any(not n for n in named) and any(len(n) == 2 for n in named)
+    table = jet_table(files["linked"], cfg, tmp_path)
+
+    for name in ("SV_pt", "SV_mass", "SV_dxySig", "SV_ntracks"):
+        assert table[name].tolist() == per_jet(events, name, named), name
+
+
+def assert_cone_matches(table, events, prefix, sort_key, names):
+    inside, edge_keys = cone_reference(events, prefix, sort_key)
+    n_edge = sum(len(keys) for keys in edge_keys)
+    assert n_edge < 5, "too many objects on the cone edge to judge the matching"
+    expected_keys = per_jet(events, sort_key, inside)
+    for jet, (got, expected, edge) in enumerate(zip(table[sort_key].tolist(), expected_keys, edge_keys)):
+        assert [v for v in got if v not in edge] == [v for v in expected if v not in edge], f"jet {jet}"
+    if n_edge == 0:
+        for name in names:
+            assert table[name].tolist() == per_jet(events, name, inside), name
+
+
+def test_dr_matching_picks_exactly_the_candidates_in_the_cone(files, cfg, tmp_path):
+    events = read_events(files["unlinked"])
+    table = jet_table(files["unlinked"], cfg, tmp_path)
+    assert_cone_matches(table, events, "PFCands_", "PFCands_pt", ["PFCands_eta", "PFCands_dz", "PFCands_pdgId"])
+    assert_cone_matches(table, events, "SV_", "SV_dxySig", ["SV_eta", "SV_mass"])
+
+    n_candidates = sum(len(e["PFCands_pt"]) for e in events)
+    n_matched = int(ak.sum(ak.num(table["PFCands_pt"])))
+    assert 0 < n_matched < n_candidates  # pileup far from every jet is left out
+    n_svs = ak.to_numpy(ak.num(table["SV_pt"]))
+    assert (n_svs == 0).any() and (n_svs > 0).any()
+
+
+def test_a_file_without_sv_index_falls_back_to_dr_matching(files, cfg, tmp_path):
+    events = read_events(files["no_sv_index"])
+    assert "Jet_svIdx1" not in events[0]
+    table = jet_table(files["no_sv_index"], cfg, tmp_path)
+    assert_cone_matches(table, events, "SV_", "SV_dxySig", ["SV_eta", "SV_mass"])
+    # the PF candidates still come from the association table
+    assert ak.num(table["PFCands_pt"]).tolist() == table["Jet_nConstituents"].tolist()
+
+
+def test_chunks_give_the_same_table_as_whole_files(files, cfg, tmp_path):
+    for path in files.values():
+        whole = jet_table(path, cfg, tmp_path)
+        chunked = jet_table(path, cfg, tmp_path, chunksize=7)
+        assert chunked.tolist() == whole.tolist(), path.name
+
+
+def test_chunks_without_jets_give_empty_tables_and_pieces(cfg, tmp_path):
+    path = tmp_path / "few_qcd.root"
+    write_nanoaod(path, 6, seed=12, with_association=False, with_sv_index=False)
+    n_jets = [len(event["Jet_pt"]) for event in read_events(path)]
+    assert 0 in n_jets
+    one_event_chunks = jet_table(path, cfg, tmp_path, chunksize=1)
+    assert one_event_chunks.tolist() == jet_table(path, cfg, tmp_path).tolist()
+
+    proc = NanoAODProcessor(cfg, piece_directory=tmp_path / "pieces", file_processes={str(path): 0})
+    infos = run(path, proc, chunksize=1)["pieces"].values()
+    assert sorted(info["counts"]["read"] for info in infos) == sorted(n_jets)
+    empty = next(info for info in infos if info["counts"]["read"] == 0)
+    cpf = cfg.candidate_groups["cpf"]
+    assert empty["arrays"]["cpf"]["shape"] == [0, 25, len(cpf.features) + len(cpf.custom_features)]
+    assert empty["arrays"]["extras"]["shape"] == [0, 3]
+
+
+def test_required_branches_add_the_matching_axes_but_not_the_optional_links(cfg, tmp_path):
+    required = NanoAODProcessor(cfg, tmp_path, {}).required_branches()
+    assert {"Jet_eta", "Jet_phi", "SV_eta", "SV_phi", "PFCands_eta", "PFCands_phi", "SV_dxySig",
+            "PFCands_pt", "PV_npvs", "Jet_btagDeepFlavB"} <= required
+    assert not required & {"Jet_svIdx1", "Jet_svIdx2", "JetPFCands_jetIdx", "JetPFCands_pFCandsIdx"}
+    assert processor_class("NanoAODProcessor") is NanoAODProcessor
+
+
+def write_variant(tmp_path, name, **changes):
+    raw = yaml.safe_load(load_config("nanoaod_ak4").path.read_text())
+    raw.update(changes)
+    path = tmp_path / f"{name}.yml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Performed attempt")  # coffea retries the failing chunk
+def test_a_per_event_list_that_is_no_jet_collection_is_an_error(files, tmp_path):
+    variant = load_config(write_variant(tmp_path, "listed", global_features=["Jet_pt", "Jet_eta", "JetPFCands_jetIdx"]))
+    proc = NanoAODProcessor(variant, tmp_path / "pieces", {})
+    with pytest.raises(Exception) as raised:  # coffea wraps the processor's error, naming the chunk
+        run(files["linked"], _JetTables(proc))
+    error = raised.value.__cause__
+    assert isinstance(error, ProcessorError)
+    assert "linked_ttbar.root" in str(error) and "'JetPFCands_jetIdx' is a list per event" in str(error)
+
+
+def test_only_the_groups_the_config_uses_are_attached(files, tmp_path):
+    variant = load_config(write_variant(
+        tmp_path, "no_candidates", global_features=["Jet_pt", "Jet_eta"], global_custom_features={},
+        cpf_candidates=None, n_cpf_candidates=None, cpf_custom_features=None,
+        vtx_features=None, n_vtx_candidates=None, vtx_custom_features=None))
+    proc = NanoAODProcessor(variant, tmp_path / "pieces", {})
+    assert not any(b.startswith(("SV_", "PFCands_")) for b in proc.required_branches())
+    table = ak.concatenate(run(files["unlinked"], _JetTables(proc))["tables"])
+    assert not any(f.startswith(("SV_", "PFCands_")) for f in table.fields)
+
+
+def flavour_label(hadron, parton):
+    if hadron == 5:
+        return 0
+    if hadron == 4:
+        return 1
+    if hadron == 0 and abs(parton) in (1, 2, 3):
+        return 2
+    if hadron == 0 and parton == 21:
+        return 3
+    return -1
+
+
+def test_process_writes_a_piece_with_the_documented_shapes(files, cfg, tmp_path):
+    path = files["linked"]
+    proc = NanoAODProcessor(cfg, piece_directory=tmp_path, file_processes={str(path): 0})
+    output = run(path, proc)
+    (name, info), = output["pieces"].items()
+    arrays = {key: pieces.load_array(tmp_path / name, key, mmap=False) for key in info["arrays"]}
+
+    events = read_events(path)
+    jets = [(event, j) for event in events for j in range(len(event["Jet_pt"]))]
+    kept = [(e, j) for e, j in jets if 30 <= e["Jet_pt"][j] < 2000 and -2.5 <= e["Jet_eta"][j] < 2.5
+            and flavour_label(e["Jet_hadronFlavour"][j], e["Jet_partonFlavour"][j]) >= 0]
+    n = len(kept)
+    assert n > 20 and info["counts"]["non_finite"] == 0 and info["n_jets"] == n
+
+    n_global = len(cfg.global_features) + len(cfg.global_custom_features)
+    cpf, vtx = cfg.candidate_groups["cpf"], cfg.candidate_groups["vtx"]
+    n_cpf_features = len(cpf.features) + len(cpf.custom_features)
+    n_vtx_features = len(vtx.features) + len(vtx.custom_features)
+    assert arrays["global"].shape == (n, n_global) and arrays["global"].dtype == np.float32
+    assert arrays["cpf"].shape == (n, 25, n_cpf_features) and arrays["mask_cpf"].shape == (n, 25)
+    assert arrays["vtx"].shape == (n, 4, n_vtx_features) and arrays["mask_vtx"].shape == (n, 4)
+    assert arrays["mask_cpf"].dtype == bool
+    assert arrays["truth"].shape == (n,) and arrays["kinematics"].shape == (n, 2)
+    assert arrays["extras"].shape == (n, 3)
+    assert (arrays["process"] == 0).all()
+
+    np.testing.assert_array_equal(arrays["truth"],
+                                  [flavour_label(e["Jet_hadronFlavour"][j], e["Jet_partonFlavour"][j])
+                                   for e, j in kept])
+    np.testing.assert_allclose(arrays["kinematics"], [[e["Jet_pt"][j], e["Jet_eta"][j]] for e, j in kept])
+    np.testing.assert_allclose(arrays["extras"], [[e["Jet_btagDeepFlavB"][j], e["Jet_btagDeepFlavCvL"][j],
+                                                   e["Jet_btagDeepFlavCvB"][j]] for e, j in kept])
+    globals_ = [*cfg.global_features, *cfg.global_custom_features]
+    np.testing.assert_array_equal(arrays["global"][:, globals_.index("PV_npvs")], [e["PV_npvs"] for e, _ in kept])
+    np.testing.assert_array_equal(arrays["global"][:, globals_.index("n_sv")],
+                                  [sum(i >= 0 for i in (e["Jet_svIdx1"][j], e["Jet_svIdx2"][j])) for e, j in kept])
+    np.testing.assert_array_equal(arrays["mask_cpf"].sum(axis=1),
+                                  [min(e["Jet_nConstituents"][j], 25) for e, j in kept])
+
+    # the first candidate slot holds the jet's first constituent in the association table
+    cpf_names = [*cpf.features, *cpf.custom_features]
+    first_ptrel = []
+    for e, j in kept:
+        first = e["JetPFCands_pFCandsIdx"][e["JetPFCands_jetIdx"].index(j)]
+        first_ptrel.append(e["PFCands_pt"][first] / e["Jet_pt"][j])
+    np.testing.assert_allclose(arrays["cpf"][:, 0, cpf_names.index("cand_ptrel")], first_ptrel, rtol=1e-5)
+    # candidates without a track get significance 0, not d0 / -1
+    neutral = arrays["cpf"][..., cpf_names.index("PFCands_charge")] == 0
+    d0sig = arrays["cpf"][..., cpf_names.index("cand_d0sig")]
+    assert (neutral & arrays["mask_cpf"]).any()
+    assert (d0sig[neutral] == 0).all()
+
+
+def test_reference_tagger_with_an_unknown_discriminator_is_an_error(tmp_path):
+    path = write_variant(tmp_path, "bad_tagger",
+                         reference_taggers={"DeepJet": {"BvsAll": "Jet_btagDeepFlavB", "BvsX": "Jet_btagDeepFlavCvB"}})
+    with pytest.raises(ConfigError, match=r"reference_taggers\.DeepJet\.BvsX.*unknown discriminator 'BvsX'"):
+        load_config(path)
+
+
+def test_shipped_config_loads_with_deepjet_references(cfg):
+    assert cfg.processor == "NanoAODProcessor" and cfg.treename == "Events"
+    assert cfg.reference_branches() == ("Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_btagDeepFlavCvB")
+    assert {"BvsAll", "CvsL", "CvsB"} <= set(cfg.discriminators)
+    assert cfg.truth_labels == ("b", "c", "uds", "g") and cfg.reference_flavour == "b"
