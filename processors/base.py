@@ -171,24 +171,28 @@ class JetProcessor(processor.ProcessorABC):
         """Zero-padded (jets, n_candidates, features) array and its (jets, n_candidates) mask."""
         names = [*group.features, *group.custom_features]
         n_jets, size = int(selected.sum()), group.n_candidates
-        counts = None
-        out = np.zeros((n_jets, size, len(names)), dtype=np.float32)
-        for i, name in enumerate(names):
-            jagged = columns[name][selected]
+        counts, values = None, []
+        for name in names:
+            jagged = columns[name]
             if jagged.ndim != 2:
                 raise ProcessorError(f"{source}: candidate feature '{name}' of group {group.name} is not a list "
                                      f"per jet; move it to global_features or fix the branch name")
             lengths = ak.to_numpy(ak.num(jagged, axis=1))
             if counts is None:
                 counts = lengths
-                keep = ak.to_numpy(ak.flatten(ak.local_index(jagged, axis=1) < size))
-                rows = np.repeat(np.arange(n_jets), lengths)[keep]
-                slots = ak.to_numpy(ak.flatten(ak.local_index(jagged, axis=1)))[keep]
             elif not np.array_equal(lengths, counts):
                 raise ProcessorError(f"{source}: candidate features '{names[0]}' and '{name}' of group {group.name} "
                                      f"have different numbers of entries per jet; they must come from one collection")
-            out[rows, slots, i] = ak.to_numpy(ak.flatten(jagged))[keep]
-        mask = np.arange(size)[None, :] < np.minimum(counts if counts is not None else 0, size)[:, None]
+            values.append(ak.to_numpy(ak.flatten(jagged)))
+        # Work on the flat candidate buffers of all jets, then keep the selected jets' first
+        # `size` candidates: one scatter of whole rows instead of a jagged selection per feature.
+        slot = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        jet_row = np.repeat(np.cumsum(selected) - 1, counts)
+        keep = np.repeat(selected, counts) & (slot < size)
+        out = np.zeros((n_jets, size, len(names)), dtype=np.float32)
+        out[jet_row[keep], slot[keep]] = np.stack(values, axis=1)[keep]
+        counts = counts[selected]
+        mask = np.arange(size)[None, :] < np.minimum(counts, size)[:, None]
         return out, mask
 
 
