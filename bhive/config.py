@@ -84,6 +84,7 @@ _TOP_LEVEL_KEYS = (
     "classes",
     "discriminators",
     "reference_taggers",
+    "model_settings",
     "processor",
     "dataloader",
     "model",
@@ -272,6 +273,7 @@ class Config:
     classes: dict[str, tuple[str, ...]]
     discriminators: dict[str, Discriminator]
     reference_taggers: dict[str, dict[str, str]]
+    model_settings: dict[str, dict[str, Any]]
     processor: str
     dataloader: str
     model: str
@@ -1128,6 +1130,13 @@ def _read_reference_taggers(r: _Reader, raw: dict, discriminator_names: tuple[st
     return taggers
 
 
+def _read_model_settings(r: _Reader, raw: dict) -> dict[str, dict[str, Any]]:
+    """``ModelName: {hyperparameter: value}``, handed to the model's constructor."""
+    settings_raw = r.mapping(raw, "model_settings", (), default={})
+    path = ("model_settings",)
+    return {name: dict(r.mapping(settings_raw, name, path)) for name in settings_raw}
+
+
 def _read_training(r: _Reader, raw: dict) -> TrainingConfig:
     section = r.mapping(raw, "training", ())
     path = ("training",)
@@ -1203,6 +1212,7 @@ def _validate(r: _Reader, name: str, path: Path, raw: dict) -> Config:
         classes=classes,
         discriminators=discriminators,
         reference_taggers=reference_taggers,
+        model_settings=_read_model_settings(r, raw),
         processor=r.string(raw, "processor", ()),
         dataloader=r.string(raw, "dataloader", ()),
         model=r.string(raw, "model", ()),

@@ -90,17 +90,13 @@ def _executor(settings: ExecutorSettings, retries: int):
 
 
 def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, settings: ExecutorSettings,
-                  file_processes: dict[str, int] | None = None) -> list[Path]:
-    """Run the config's processor over ``files``; returns the piece directories, sorted by name.
-
-    Pieces that already exist (from an interrupted run) are reused, not recomputed.
+                  processor_cls: type, file_processes: dict[str, int] | None = None) -> list[Path]:
+    """Run ``processor_cls`` (the config's processor plugin) over ``files``; returns the piece
+    directories, sorted by name. Pieces that already exist (from an interrupted run) are reused.
     """
     from coffea import processor
     from coffea.nanoevents import BaseSchema
 
-    from processors.base import processor_class
-
-    processor_cls = processor_class(cfg.processor)
     if file_processes is None:
         probe = processor_cls(cfg, piece_directory, {})
         file_processes = check_inputs(cfg, files, probe.required_branches())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 import types
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
 import awkward as ak
@@ -31,6 +31,8 @@ class ExpressionError(ValueError):
 
 def _resolve_attribute(node: ast.Attribute, describe: str) -> None:
     """Refuse attribute access on anything but numpy/awkward modules and their submodules."""
+    if node.attr.startswith("_"):
+        raise ExpressionError(f"{describe}: private attribute '{node.attr}' is not allowed")
     chain = []
     target: ast.expr = node
     while isinstance(target, ast.Attribute):
@@ -53,7 +55,7 @@ def _resolve_attribute(node: ast.Attribute, describe: str) -> None:
         path = f"{path}.{attr}"
 
 
-def _check(tree: ast.Expression, columns: Mapping[str, Any], name: str, describe: str) -> None:
+def _check(tree: ast.Expression, branches: Container[str], describe: str) -> None:
     for node in ast.walk(tree):
         if not isinstance(node, _ALLOWED_NODES):
             raise ExpressionError(f"{describe}: {type(node).__name__} is not allowed; use numpy/awkward "
@@ -63,14 +65,37 @@ def _check(tree: ast.Expression, columns: Mapping[str, Any], name: str, describe
                                   f"not {node.value!r}")
         elif isinstance(node, ast.Attribute):
             _resolve_attribute(node, describe)
-        elif isinstance(node, ast.Name) and node.id not in _MODULES and node.id not in columns:
-            raise ExpressionError(f"{describe}: unknown branch '{node.id}' in custom feature '{name}'; "
-                                  f"add it to the input ntuples or fix the expression")
+        elif isinstance(node, ast.Name) and node.id not in _MODULES and node.id not in branches:
+            raise ExpressionError(f"{describe}: unknown branch '{node.id}'; add it to the input ntuples "
+                                  f"or fix the expression")
         elif isinstance(node, ast.Call) and not isinstance(node.func, ast.Attribute):
             raise ExpressionError(f"{describe}: '{ast.unparse(node.func)}' cannot be called; only "
                                   f"numpy/awkward functions such as np.log or ak.num can")
         elif isinstance(node, ast.keyword) and node.arg is None:
             raise ExpressionError(f"{describe}: '**' arguments are not allowed")
+
+
+def _describe(expression: str, name: str, source: str) -> str:
+    return f"{source + ': ' if source else ''}custom feature '{name}' = {expression!r}"
+
+
+def _parse(expression: str, branches: Container[str], describe: str) -> ast.Expression:
+    if not isinstance(expression, str):
+        raise ExpressionError(f"{describe}: the expression must be a string")
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as error:
+        raise ExpressionError(f"{describe}: not a valid expression ({error.msg})") from None
+    _check(tree, branches, describe)
+    return tree
+
+
+def validate(expression: str, branches: Container[str], name: str, source: str = "") -> None:
+    """Check that ``expression`` is allowed and reads only ``branches``, without evaluating it.
+
+    Lets a config be checked against a file's branch list before any data is read.
+    """
+    _parse(expression, branches, _describe(expression, name, source))
 
 
 def evaluate(expression: str, columns: Mapping[str, Any], name: str, source: str = "") -> Any:
@@ -79,14 +104,8 @@ def evaluate(expression: str, columns: Mapping[str, Any], name: str, source: str
     ``columns`` maps branch names to numpy or awkward arrays (jagged ones for candidate-level
     features); ``source`` names the file being read, for the error messages.
     """
-    describe = f"{source + ': ' if source else ''}custom feature '{name}' = {expression!r}"
-    if not isinstance(expression, str):
-        raise ExpressionError(f"{describe}: the expression must be a string")
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as error:
-        raise ExpressionError(f"{describe}: not a valid expression ({error.msg})") from None
-    _check(tree, columns, name, describe)
+    describe = _describe(expression, name, source)
+    tree = _parse(expression, columns, describe)
     used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     # the module names win over branches of the same name, which is what the check above assumed
     namespace = {**{key: columns[key] for key in used if key in columns}, **_MODULES}

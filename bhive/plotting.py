@@ -1,9 +1,12 @@
-"""Plots in CMS style (mplhep), always saved as PNG and PDF with the arrays behind them."""
+"""Plots in CMS style (mplhep), always saved as PNG and PDF with the arrays behind them.
+
+The Agg backend is selected on import, so plotting never needs a display (batch nodes, CI).
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,57 +18,125 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mplhep  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+FORMATS = (".png", ".pdf")
 
 
-def figure(**kwargs):
-    """A figure and axes with mplhep's CMS style and the "Simulation Preliminary" label."""
-    plt.style.use(mplhep.style.CMS)
+def figure(**kwargs: Any) -> tuple[Figure, Axes]:
+    """A figure and axes in mplhep's CMS style, labelled "CMS Simulation Preliminary".
+
+    ``kwargs`` go to ``plt.subplots``. The style is applied globally (as ``mplhep.style.use``
+    does), because line widths and fonts are read when artists are drawn, after this returns.
+    """
+    mplhep.style.use("CMS")
     fig, ax = plt.subplots(**kwargs)
-    mplhep.cms.label(ax=ax, data=False, text="Preliminary", rlabel="")
+    axes = np.atleast_1d(ax).flat[0]
+    # rlabel="" drops the luminosity/energy text: these plots are simulation without a lumi
+    mplhep.cms.label(ax=axes, data=False, text="Preliminary", rlabel="")
     return fig, ax
 
 
-def save(fig, stem: Path, data: Mapping[str, Any]) -> list[Path]:
-    """Write ``stem``.png, .pdf and .npz (the plotted arrays) atomically; closes the figure."""
+def _npz_arrays(data: Mapping[str, Any], stem: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    for key, value in data.items():
+        try:
+            array = np.asarray(value)
+            # object arrays would need pickle to load again, which the saved data must never require
+            regular = array.dtype != object
+        except ValueError:  # ragged nested sequences
+            regular = False
+        if not regular:
+            raise ValueError(f"plot data '{key}' for {stem.name} is not a regular numeric or string array; "
+                             f"pass equal-length rows or save the items under separate keys")
+        arrays[key] = array
+    return arrays
+
+
+def save(fig: Figure, stem: Path, data: Mapping[str, Any]) -> list[Path]:
+    """Write ``stem``.png, ``stem``.pdf and ``stem``.npz (the plotted arrays); closes the figure.
+
+    Each file is written under a temporary name and renamed, so an interrupted run never
+    leaves a truncated plot behind. Parent directories are created. Returns the paths written.
+    """
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
     try:
-        for suffix in (".png", ".pdf", ".npz"):
-            final = stem.with_suffix(suffix)
-            handle, temporary = tempfile.mkstemp(dir=stem.parent, prefix=f".{final.name}.", suffix=suffix)
-            os.close(handle)
-            if suffix == ".npz":
-                with open(temporary, "wb") as stream:
-                    np.savez(stream, **{k: np.asarray(v) for k, v in data.items()})
-            else:
-                fig.savefig(temporary, format=suffix[1:], bbox_inches="tight")
-            os.replace(temporary, final)
+        arrays = _npz_arrays(data, stem)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (*FORMATS, ".npz"):
+            # appended rather than with_suffix, so that a stem like "eff_0.5" keeps its name
+            final = stem.parent / f"{stem.name}{suffix}"
+            # a unique name opened with open(), not mkstemp, so the plot gets the umask's permissions
+            temporary = stem.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+            try:
+                with open(temporary, "xb") as stream:
+                    if suffix == ".npz":
+                        np.savez(stream, **arrays)
+                    else:
+                        fig.savefig(stream, format=suffix[1:])
+                os.replace(temporary, final)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
             written.append(final)
     finally:
         plt.close(fig)
     return written
 
 
-def plot_spectra(counts_before, counts_after, bins_pt, bins_eta, labels: Sequence[str], directory: Path) -> list[Path]:
-    """pt and eta spectra per label, before and after reweighting, normalised to unit area."""
-    written = []
-    for axis_name, edges, sum_axis, log in (("pt", bins_pt, 2, True), ("eta", bins_eta, 1, False)):
-        for when, counts in (("before", counts_before), ("after", counts_after)):
-            projections = np.asarray(counts).sum(axis=sum_axis)
-            widths = np.diff(np.asarray(edges, dtype=np.float64))
+_AXES = {
+    # name: (axis of the (label, pt, eta) counts summed away, x label, y label, log y)
+    "pt": (2, r"jet $p_T$ [GeV]", "fraction of jets / GeV", True),
+    "eta": (1, r"jet $\eta$", "fraction of jets / unit $\\eta$", False),
+}
+
+
+def plot_spectra(counts_before: np.ndarray, counts_after: np.ndarray, bins_pt: Sequence[float],
+                 bins_eta: Sequence[float], labels: Sequence[str], directory: Path) -> list[Path]:
+    """pt and eta spectra per label, before and after reweighting, each normalised to unit area.
+
+    ``counts_*`` have shape (n_labels, n_pt_bins, n_eta_bins). Writes ``pt_before``,
+    ``pt_after``, ``eta_before`` and ``eta_after`` (PNG, PDF, npz) under ``directory``; each
+    npz holds ``edges``, ``labels``, the projections ``counts`` (n_labels, n_bins) and the
+    plotted ``density``. Returns the paths written.
+    """
+    directory = Path(directory)
+    labels = list(labels)
+    edges_of = {"pt": np.asarray(bins_pt, dtype=np.float64), "eta": np.asarray(bins_eta, dtype=np.float64)}
+    written: list[Path] = []
+    for when, counts in (("before", counts_before), ("after", counts_after)):
+        counts = np.asarray(counts, dtype=np.float64)
+        expected = (len(labels), len(bins_pt) - 1, len(bins_eta) - 1)
+        if counts.shape != expected:
+            raise ValueError(f"{when}-reweighting histograms of shape {counts.shape} do not match "
+                             f"{len(labels)} labels x bins_pt x bins_eta {expected}")
+        for name, (summed_axis, xlabel, ylabel, log_y) in _AXES.items():
+            edges = edges_of[name]
+            projections = counts.sum(axis=summed_axis)
+            totals = projections.sum(axis=1, keepdims=True)
+            # a density, so that variable bin widths do not distort the shape
+            density = np.divide(projections, totals * np.diff(edges), out=np.zeros_like(projections),
+                                where=totals > 0)
             fig, ax = figure()
-            for label, values in zip(labels, projections):
-                total = values.sum()
-                # a density, so that variable bin widths do not distort the shape
-                density = values / (total * widths) if total > 0 else values
-                mplhep.histplot(density, np.asarray(edges), ax=ax, label=label)
-            ax.set_xlabel("jet $p_T$ [GeV]" if axis_name == "pt" else r"jet $\eta$")
-            ax.set_ylabel("fraction of jets / GeV" if axis_name == "pt" else "fraction of jets / unit")
-            if log:
+            for label, values in zip(labels, density):
+                mplhep.histplot(values, edges, ax=ax, label=label, histtype="step")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_xlim(edges[0], edges[-1])
+            if log_y and (density > 0).any():
                 ax.set_yscale("log")
-                ax.set_xscale("log")
+                # pt bins widen towards the tail; on a linear axis the low-pt bins, where most
+                # jets are, would shrink to slivers
+                if edges[0] > 0:
+                    ax.set_xscale("log")
+                    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+                    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.legend(title=f"{when} reweighting")
-            data = {"edges": np.asarray(edges), "labels": np.asarray(labels), "counts": projections}
-            written += save(fig, directory / f"{axis_name}_{when}", data)
+            data = {"edges": edges, "labels": np.asarray(labels, dtype=str), "counts": projections,
+                    "density": density}
+            written += save(fig, directory / f"{name}_{when}", data)
     return written

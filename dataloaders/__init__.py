@@ -1,5 +1,7 @@
-"""Dataloader plugins of b-hive.
+"""Dataloader plugins: dataset shards to model batches.
 
-``dataloaders.base`` holds the abstract base class; a plugin turns a dataset directory into
-the training, validation and inference iterables a given model consumes.
+``dataloaders.base`` holds the base class; ``dataloader:`` in the config picks one.
+Importing this package registers the shipped loaders.
 """
+
+from dataloaders.shards import ShardDataLoader  # noqa: F401

@@ -1,5 +1,9 @@
-"""Model plugins of b-hive.
+"""Model plugins: one file per model family, registered by class name.
 
-One module per model family; ``models.base`` holds the abstract base classes a model
-subclasses. The config's ``model:`` key (or ``--model-name``) picks a model by class name.
+``models.base`` holds the framework-agnostic base class, ``models.torch_model`` the PyTorch
+base with the training loop. Importing this package registers the shipped models.
 """
+
+from models.deepjet import DeepJet  # noqa: F401
+from models.dnn import DNN  # noqa: F401
+from models.gradient_boosting import GradientBoosting  # noqa: F401

@@ -20,6 +20,7 @@ from bhive import construction, inputs
 from bhive.simulation import sample
 from bhive.simulation.production import plan_files
 from bhive.store import read_json, stable_hash, store_root, write_identity
+from processors.base import processor_class
 from tasks.base import DatasetVersionTask, IdentityCheckedTask
 from tasks.simulation import SimulatedSamplesTask
 
@@ -121,7 +122,7 @@ class DatasetPiecesTask(DatasetTask, law.LocalWorkflow, law.htcondor.HTCondorWor
         directory = self.pieces_directory()
         write_identity(directory, self.dataset_identity())
         piece_dirs = construction.process_files(self.cfg, self.branch_data, directory / PIECES_DIRECTORY,
-                                                self.executor_settings())
+                                                self.executor_settings(), processor_class(self.cfg.processor))
         self.output().dump({"files": list(self.branch_data), "pieces": [p.name for p in piece_dirs]},
                            formatter="json", indent=2)
 

@@ -1,0 +1,186 @@
+"""Model plugins: the framework-agnostic :class:`Model` base, the :class:`TorchModel` base
+that carries the standard training loop, and the input description models are built from.
+
+A new tagger is one file in ``models/`` with one subclass:
+
+- a PyTorch model subclasses :class:`TorchModel` and writes ``__init__`` (layers, sized from
+  the :class:`InputSpec`) and ``forward`` (a dict of standardised tensors in, logits out);
+- any other library subclasses :class:`Model` and writes ``fit``, ``predict``, ``save`` and
+  ``load`` (see ``models/gradient_boosting.py``).
+
+Subclasses register by class name: ``model: DeepJet`` in a config, or ``--model-name``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GROUPS = ("global", "cpf", "npf", "vtx")
+MODEL_FILE = "model.json"
+
+_MODELS: dict[str, type[Model]] = {}
+
+
+class ModelError(ValueError):
+    """A model that cannot be built, trained or loaded as asked."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model sees of a dataset: feature names per group, candidates per group, and
+    the output classes (by name, in output order)."""
+
+    features: dict[str, tuple[str, ...]]
+    n_candidates: dict[str, int]
+    classes: tuple[str, ...]
+
+    @classmethod
+    def from_meta(cls, meta: Mapping, classes: Iterable[str]) -> InputSpec:
+        return cls(features={g: tuple(f) for g, f in meta["features"].items()},
+                   n_candidates=dict(meta.get("n_candidates", {})), classes=tuple(classes))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def has(self, group: str) -> bool:
+        return group in self.features
+
+    def n_features(self, group: str) -> int:
+        return len(self.features[group])
+
+    def column(self, group: str, name: str) -> int:
+        """Index of feature ``name`` in ``group``; a clear error when the dataset lacks it."""
+        if group not in self.features:
+            raise ModelError(f"the dataset has no '{group}' group; groups: {', '.join(self.features)}")
+        try:
+            return self.features[group].index(name)
+        except ValueError:
+            raise ModelError(f"feature '{name}' is not in the dataset's '{group}' group; add it to the "
+                             f"config's features or choose one of: {', '.join(self.features[group])}") from None
+
+    def to_json(self) -> dict:
+        return {"features": {g: list(f) for g, f in self.features.items()},
+                "n_candidates": self.n_candidates, "classes": list(self.classes)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> InputSpec:
+        return cls(features={g: tuple(f) for g, f in data["features"].items()},
+                   n_candidates=dict(data["n_candidates"]), classes=tuple(data["classes"]))
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Everything the training loop needs besides data; defaults come from the config."""
+
+    epochs: int = 10
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    optimizer: str = "adamw"
+    scheduler: str = "cosine"
+    warmup_epochs: int = 1
+    gradient_clip: float = 5.0
+    patience: int = 5
+    sampling: str = "stochastic"
+    device: str = "auto"
+    precision: str = "fp32"          # fp32 | bf16 | fp16 (mixed precision)
+    compile: bool = False
+    seed: int = 42
+    stop_after_epoch: int = 0        # > 0: stop (resumably) after this epoch
+    loader_workers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Model(ABC):
+    """A jet tagger: trained on dataset shards, predicting one probability per output class.
+
+    Class attributes a subclass may set:
+        ``input_groups``: the dataset groups it consumes (subset of global, cpf, npf, vtx);
+        groups a model can use but does not need go in ``optional_groups``.
+    """
+
+    input_groups: tuple[str, ...] = ()
+    optional_groups: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # bases that are complete classes but not models of their own say `registered = False`
+        if not inspect.isabstract(cls) and cls.__dict__.get("registered", True):
+            _MODELS[cls.__name__] = cls
+
+    @classmethod
+    def used_groups(cls, spec: InputSpec) -> tuple[str, ...]:
+        """Groups fed to the model: the required ones (which must exist) and optional ones present."""
+        missing = [g for g in cls.input_groups if not spec.has(g)]
+        if missing:
+            raise ModelError(f"model {cls.__name__} needs the group(s) {', '.join(missing)}, which the dataset "
+                             f"does not have (it has {', '.join(spec.features)}); configure them or pick "
+                             f"another model")
+        return tuple(g for g in GROUPS if g in cls.input_groups or (g in cls.optional_groups and spec.has(g)))
+
+    @property
+    @abstractmethod
+    def spec(self) -> InputSpec:
+        """The input description the model was built for."""
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    @abstractmethod
+    def fit(self, data, settings: TrainingSettings, workdir: Path, resume: bool = False) -> list[dict]:
+        """Train on ``data`` (a dataloader plugin); returns the history, one dict per epoch."""
+
+    @abstractmethod
+    def predict(self, batches: Iterable[Mapping[str, np.ndarray]]) -> np.ndarray:
+        """Class probabilities, shape (n_jets, n_classes), for batches as the dataloader yields them."""
+
+    @abstractmethod
+    def save(self, directory: Path) -> None:
+        """Write everything inference needs into ``directory`` (plus ``model.json``)."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path) -> Model:
+        """Rebuild a saved model."""
+
+
+def model_class(name: str) -> type[Model]:
+    """The registered model called ``name``; an unknown name lists the known ones."""
+    import models  # noqa: F401  (importing the package registers the shipped models)
+
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ModelError(f"unknown model '{name}'; known models: {', '.join(sorted(_MODELS))}. "
+                         f"Set `model:` in the config or pass --model-name") from None
+
+
+def write_description(directory: Path, model: Model, details: Mapping[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    description = {"model": type(model).__name__, "spec": model.spec.to_json(), **details}
+    (directory / MODEL_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+
+
+def read_description(directory: Path) -> dict:
+    path = Path(directory) / MODEL_FILE
+    if not path.exists():
+        raise ModelError(f"{directory} holds no trained model ({MODEL_FILE} is missing)")
+    return json.loads(path.read_text())
+
+
+def load_model(directory: Path) -> Model:
+    """Load any saved model, whatever its class."""
+    return model_class(read_description(directory)["model"]).load(Path(directory))

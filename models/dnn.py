@@ -1,0 +1,27 @@
+"""A fully connected network on the global features: the baseline every tagger must beat."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.base import InputSpec
+from models.torch_model import TorchModel
+
+
+class DNN(TorchModel):
+    """Dense layers with ReLU and dropout on the jet-level (global) features only."""
+
+    input_groups = ("global",)
+
+    def __init__(self, spec: InputSpec, hidden: tuple[int, ...] = (256, 128, 64), dropout: float = 0.1) -> None:
+        super().__init__(spec)
+        layers, width = [], spec.n_features("global")
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, spec.n_classes))
+        self.network = nn.Sequential(*layers)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.network(batch["global"])

@@ -1,0 +1,101 @@
+"""Training a config's model on a dataset: build model and loader, fit, write the artifact.
+
+The artifact directory holds what inference needs (``model.json`` with the model class,
+hyperparameters, input description, classes and their truth labels, standardisation inside
+the weights, config name and hash, code version) plus ``history.json`` and loss/accuracy
+plots with their data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bhive import dataset, plotting
+from bhive.training import seed_everything
+from bhive.config import Config
+from bhive.store import atomic_write_json, code_version
+from dataloaders.base import LoaderSettings, dataloader_class
+from models.base import InputSpec, Model, ModelError, TrainingSettings, model_class
+
+ARTIFACT = "model"
+HISTORY = "history.json"
+
+
+def training_settings(cfg: Config, **overrides) -> TrainingSettings:
+    """The config's training block with per-run overrides (None means: keep the config's)."""
+    base = TrainingSettings(**{k: getattr(cfg.training, k) for k in (
+        "epochs", "batch_size", "learning_rate", "weight_decay", "optimizer", "scheduler", "warmup_epochs",
+        "gradient_clip", "patience", "sampling")})
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def build(cfg: Config, model_name: str, dataset_dir: Path, seed: int = 42) -> Model:
+    """The model ``model_name`` sized for the dataset, with the config's hyperparameters;
+    its initial weights depend only on ``seed``."""
+    meta = dataset.load_meta(dataset_dir)
+    labels = set(meta["truth_labels"])
+    for name, members in cfg.classes.items():
+        unknown = [m for m in members if m not in labels]
+        if unknown:
+            raise ModelError(f"class '{name}' of config {cfg.name} uses truth label(s) {', '.join(unknown)} "
+                             f"that the dataset {dataset_dir} does not have ({', '.join(meta['truth_labels'])}); "
+                             f"rebuild the dataset with this config or fix `classes`")
+    spec = InputSpec.from_meta(meta, cfg.classes)
+    cls = model_class(model_name)
+    cls.used_groups(spec)  # a clear error if the dataset lacks a group the model needs
+    hyperparameters = cfg.model_settings.get(model_name, {})
+    seed_everything(seed)
+    if hasattr(cls, "create"):
+        return cls.create(spec, **hyperparameters)
+    return cls(spec, **hyperparameters)
+
+
+def loader(cfg: Config, model: Model, dataset_dir: Path, settings: TrainingSettings,
+           validation_dir: Path | None = None):
+    loader_settings = LoaderSettings(batch_size=settings.batch_size, seed=settings.seed,
+                                     validation_fraction=cfg.training.validation_fraction,
+                                     sampling=settings.sampling, workers=settings.loader_workers)
+    return dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
+                                            loader_settings, validation_directory=validation_dir)
+
+
+def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, settings: TrainingSettings,
+          resume: bool = False, validation_dir: Path | None = None) -> list[dict]:
+    """Train and write the artifact, history and plots into ``output``; returns the history."""
+    model = build(cfg, model_name, dataset_dir, settings.seed)
+    data = loader(cfg, model, dataset_dir, settings, validation_dir)
+    history = model.fit(data, settings, output / "work", resume=resume)
+    artifact = output / ARTIFACT
+    model.save(artifact)
+    description_path = artifact / "model.json"
+    description = json.loads(description_path.read_text())
+    description.update(classes={name: list(members) for name, members in cfg.classes.items()},
+                       truth_labels=dataset.load_meta(dataset_dir)["truth_labels"], config=cfg.name,
+                       config_hash=cfg.hash, dataset=str(dataset_dir), settings=settings.to_json(),
+                       code_version=code_version())
+    atomic_write_json(description_path, description)
+    atomic_write_json(output / HISTORY, history)
+    plot_history(history, output / "plots")
+    return history
+
+
+def plot_history(history: list[dict], directory: Path) -> list[Path]:
+    """Loss and accuracy per epoch, training and validation."""
+    written = []
+    epochs = np.array([h["epoch"] for h in history])
+    for quantity in ("loss", "accuracy"):
+        fig, ax = plotting.figure()
+        data = {"epoch": epochs, quantity: np.array([h[quantity] for h in history])}
+        ax.plot(epochs, data[quantity], marker="o", label="training")
+        if all(f"val_{quantity}" in h for h in history):
+            data[f"val_{quantity}"] = np.array([h[f"val_{quantity}"] for h in history])
+            ax.plot(epochs, data[f"val_{quantity}"], marker="s", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(quantity)
+        ax.legend()
+        written += plotting.save(fig, directory / quantity, data)
+    return written

@@ -1,0 +1,153 @@
+"""TorchModel: the base of every PyTorch tagger. Subclasses write ``__init__`` and ``forward``.
+
+``__init__(self, spec, **hyperparameters)`` builds the layers, sized from the
+:class:`~models.base.InputSpec`; ``forward(self, batch)`` maps a dict of standardised tensors
+(``global``, ``cpf``, ``mask_cpf``, ...) to logits of shape (batch, n_classes). Standardisation,
+the training loop, prediction, saving and loading are inherited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bhive import training
+from bhive.standardisation import feature_statistics
+from models.base import InputSpec, Model, read_description, write_description
+
+WEIGHTS_FILE = "weights.pt"
+
+
+class TorchModel(nn.Module, Model):
+    """Base of PyTorch models (see module docstring)."""
+
+    registered = False
+
+    def __init__(self, spec: InputSpec) -> None:
+        nn.Module.__init__(self)
+        self._spec = spec
+        self.hyperparameters: dict[str, Any] = {}
+        self.groups = type(self).used_groups(spec)
+        for group in self.groups:
+            size = spec.n_features(group)
+            self.register_buffer(f"mean_{group}", torch.zeros(size))
+            self.register_buffer(f"std_{group}", torch.ones(size))
+
+    @classmethod
+    def create(cls, spec: InputSpec, **hyperparameters: Any) -> TorchModel:
+        model = cls(spec, **hyperparameters)
+        model.hyperparameters = dict(hyperparameters)
+        return model
+
+    @property
+    def spec(self) -> InputSpec:
+        return self._spec
+
+    # -- standardisation -----------------------------------------------------------------
+
+    def set_standardisation(self, statistics: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        for group in self.groups:
+            mean, std = statistics[group]
+            getattr(self, f"mean_{group}").copy_(torch.as_tensor(mean))
+            getattr(self, f"std_{group}").copy_(torch.as_tensor(std))
+
+    def standardise(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch with every used group standardised; padded candidates stay exactly zero."""
+        out = dict(batch)
+        for group in self.groups:
+            values = (batch[group] - getattr(self, f"mean_{group}")) / getattr(self, f"std_{group}")
+            if group != "global":
+                values = values * batch[f"mask_{group}"].unsqueeze(-1).to(values.dtype)
+            out[group] = values
+        return out
+
+    def raw_column(self, batch: Mapping[str, torch.Tensor], group: str, name: str) -> torch.Tensor:
+        """Feature ``name`` of ``group`` in its original units, from a standardised batch."""
+        index = self.spec.column(group, name)
+        return batch[group][..., index] * getattr(self, f"std_{group}")[index] + getattr(self, f"mean_{group}")[index]
+
+    # -- Model interface -----------------------------------------------------------------
+
+    def fit(self, data, settings, workdir: Path, resume: bool = False) -> list[dict]:
+        if not resume:
+            self.set_standardisation(feature_statistics(data.train_batches(0), self.groups))
+        return training.fit(self, data, settings, Path(workdir), resume=resume)
+
+    def predict(self, batches: Iterable[Mapping[str, np.ndarray]]) -> np.ndarray:
+        self.eval()
+        device = next(self.parameters()).device
+        outputs = []
+        with torch.no_grad():
+            for batch in batches:
+                logits = self(self.standardise(training.to_device(
+                    {k: v for k, v in batch.items() if k in self.input_keys()}, device)))
+                outputs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        return np.concatenate(outputs) if outputs else np.zeros((0, self.spec.n_classes), np.float32)
+
+    def input_keys(self) -> tuple[str, ...]:
+        return tuple(k for g in self.groups for k in ((g,) if g == "global" else (g, f"mask_{g}")))
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), directory / WEIGHTS_FILE)
+        write_description(directory, self, {"hyperparameters": self.hyperparameters,
+                                            "groups": list(self.groups)})
+
+    @classmethod
+    def load(cls, directory: Path) -> TorchModel:
+        description = read_description(directory)
+        model = cls.create(InputSpec.from_json(description["spec"]), **description["hyperparameters"])
+        model.load_state_dict(torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        model.eval()
+        return model
+
+
+class _ProbabilitiesModule(nn.Module):
+    """What gets exported: raw inputs in, standardised inside, class probabilities out."""
+
+    def __init__(self, model: TorchModel, keys: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        batch = dict(zip(self.keys, inputs))
+        return torch.softmax(self.model(self.model.standardise(batch)), dim=1)
+
+
+def export_onnx(model: TorchModel, path: Path, batch: Mapping[str, np.ndarray], tolerance: float = 1e-4) -> dict:
+    """Write ``model`` as ONNX (one named input per array, dynamic batch size) and check that
+    onnxruntime reproduces the PyTorch probabilities on ``batch`` within ``tolerance``."""
+    import warnings
+
+    import onnxruntime
+
+    model = model.to("cpu").eval()
+    keys = model.input_keys()
+    example = tuple(torch.from_numpy(np.ascontiguousarray(batch[k])) for k in keys)
+    wrapper = _ProbabilitiesModule(model, keys).eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        # the torch.export-based exporter would need the onnxscript package; the TorchScript
+        # one covers every b-hive model
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(wrapper, example, str(temporary), input_names=list(keys), output_names=["probabilities"],
+                          dynamic_axes={name: {0: "jets"} for name in (*keys, "probabilities")},
+                          opset_version=17, dynamo=False)
+    temporary.replace(path)
+    with torch.no_grad():
+        expected = wrapper(*example).numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {k: np.ascontiguousarray(batch[k]) for k in keys}
+    obtained = session.run(["probabilities"], feeds)[0]
+    difference = float(np.max(np.abs(obtained - expected))) if len(expected) else 0.0
+    return {"inputs": list(keys), "outputs": ["probabilities"], "classes": list(model.classes),
+            "n_jets_checked": int(len(expected)), "max_abs_difference": difference, "tolerance": tolerance,
+            "passed": difference <= tolerance}

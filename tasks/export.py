@@ -1,0 +1,53 @@
+"""ExportTask: a trained PyTorch model as ONNX for deployment, checked against onnxruntime."""
+
+from __future__ import annotations
+
+import luigi
+
+from bhive.store import atomic_write_json
+from dataloaders.base import LoaderSettings, dataloader_class
+from models.base import ModelError, load_model
+from models.fitting import ARTIFACT
+from models.torch_model import TorchModel, export_onnx
+from tasks.base import DatasetVersionTask
+from tasks.dataset import DatasetConstructionTask
+from tasks.training import TrainingTask
+
+
+class ExportTask(DatasetVersionTask):
+    """``model.onnx`` and ``onnx_check.json`` (onnxruntime vs PyTorch on held-out jets)."""
+
+    training_version = TrainingTask.training_version
+    test_dataset_version = luigi.Parameter(default="", description="held-out jets from this dataset version's "
+                                           "test split; default: --version")
+    model_name = TrainingTask.model_name
+    n_check_jets = luigi.IntParameter(default=2048, description="held-out jets compared; default: 2048")
+    tolerance = luigi.FloatParameter(default=1e-4, description="maximum |onnx - torch| probability difference")
+
+    def training(self) -> TrainingTask:
+        return TrainingTask.req(self)
+
+    def store_parts(self) -> tuple[str, ...]:
+        return (*super().store_parts(), self.training().training_version, self.training().model())
+
+    def requires(self):
+        return {"training": self.training(),
+                "test": DatasetConstructionTask.req(self, split="test",
+                                                    dataset_version=self.test_dataset_version or self.version)}
+
+    def output(self):
+        return {"onnx": self.local_target("model.onnx"), "check": self.local_target("onnx_check.json")}
+
+    def run(self):
+        model = load_model(self.training().local_path(ARTIFACT))
+        if not isinstance(model, TorchModel):
+            raise ModelError(f"{type(model).__name__} is not a PyTorch model; only those export to ONNX")
+        test_dir = self.requires()["test"].output_directory()
+        loader = dataloader_class(self.cfg.dataloader)(
+            test_dir, model.groups, self.cfg.classes, LoaderSettings(batch_size=self.n_check_jets))
+        batch = next(iter(loader.inference_batches()))
+        check = export_onnx(model, self.local_path("model.onnx"), batch, self.tolerance)
+        atomic_write_json(self.local_path("onnx_check.json"), check)
+        if not check["passed"]:
+            raise ModelError(f"onnxruntime differs from PyTorch by {check['max_abs_difference']:.2e} "
+                             f"(> {self.tolerance:.0e}); the ONNX file is kept for inspection")
