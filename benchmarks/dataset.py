@@ -28,6 +28,7 @@ from benchmarks.report import print_table
 from bhive import construction
 from bhive.config import load_config
 from bhive.simulation.production import generate_file, plan_files
+from processors.base import processor_class
 
 
 def make_input(cfg, directory: Path, n_jets: int) -> Path:
@@ -53,7 +54,7 @@ def raw_read_seconds(cfg, path: Path, branches: set[str], repeats: int = 2) -> f
 def convert(cfg, files: list[str], work: Path, chunk_size: int, shard_size: int) -> dict:
     started = time.perf_counter()
     settings = construction.ExecutorSettings(executor="iterative", chunk_size=chunk_size)
-    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings)
+    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings, processor_class(cfg.processor))
     processed = time.perf_counter()
     meta = construction.build_dataset(cfg, piece_dirs, work / "dataset", split="train", seed=1,
                                       shard_size=shard_size, dataset_identity={"benchmark": True})
@@ -86,8 +87,6 @@ def run(config: str, n_jets: int, copies: int, chunk_size: int, shard_size: int)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         source = make_input(cfg, scratch, n_jets)
-        from processors.base import processor_class
-
         branches = processor_class(cfg.processor)(cfg, scratch, {}).required_branches()
         copies_dir = scratch / "copies"
         copies_dir.mkdir()
