@@ -8,6 +8,7 @@ plots with their data.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -49,9 +50,12 @@ def build(cfg: Config, model_name: str, dataset_dir: Path, seed: int = 42) -> Mo
     cls.used_groups(spec)  # a clear error if the dataset lacks a group the model needs
     hyperparameters = cfg.model_settings.get(model_name, {})
     seed_everything(seed)
-    if hasattr(cls, "create"):
-        return cls.create(spec, **hyperparameters)
-    return cls(spec, **hyperparameters)
+    try:
+        return cls.create(spec, **hyperparameters) if hasattr(cls, "create") else cls(spec, **hyperparameters)
+    except TypeError as error:
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "spec")]
+        raise ModelError(f"{cfg.path}: model_settings.{model_name}: {error}; {model_name} takes "
+                         f"{', '.join(allowed) or 'no hyperparameters'}") from None
 
 
 def loader(cfg: Config, model: Model, dataset_dir: Path, settings: TrainingSettings,

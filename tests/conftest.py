@@ -25,3 +25,15 @@ def fresh_task_instances():
     luigi.task_register.Register.clear_instance_cache()
     yield
     luigi.task_register.Register.clear_instance_cache()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_torch_thread():
+    """Tiny test models run far faster on one thread than with two threads fighting over two
+    cores; the suite's numbers do not depend on it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

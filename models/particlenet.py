@@ -1,0 +1,215 @@
+"""ParticleNet (Qu & Gouskos, Phys. Rev. D 101 (2020) 056019): the jet as an unordered
+point cloud, EdgeConv blocks on k-nearest-neighbour graphs, global average pooling.
+
+As published: k = 16; three EdgeConv blocks of (64, 64, 64), (128, 128, 128) and
+(256, 256, 256) channels, each with a shortcut; the first graph is built in the (eta, phi)
+plane of the candidates, later graphs from the learned features; a dense layer of 256 with
+dropout 0.1 on the average over real candidates. The coordinates are two columns of the
+charged candidates named in the config (``model_settings: {ParticleNet: {coordinates:
+[pfcand_etarel, pfcand_phirel]}}``) and are read in their original units, so that every
+group shares one (eta, phi) plane whatever its standardisation.
+
+Secondary vertices and neutral candidates join the graph as extra points when their own
+coordinates are given (``coordinates_vtx``, ``coordinates_npf``); each group then gets its
+own 1x1-convolution embedding to a common width first, as in the CMS ParticleNet tagger. A
+group without coordinates is embedded, averaged over its real entries and fed to the head,
+next to the global features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from models.base import InputSpec, ModelError
+from models.torch_model import TorchModel
+
+CANDIDATE_GROUPS = ("cpf", "npf", "vtx")
+PUBLISHED_CHANNELS = ((64, 64, 64), (128, 128, 128), (256, 256, 256))
+
+# Padded points are moved this far away in every coordinate, so they are never the nearest
+# neighbours of a real point while real neighbours exist (their features are zero anyway).
+FAR_AWAY = 1e9
+
+
+def nearest_neighbours(points: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B, P, k) of the k nearest other points for points of shape (B, D, P)."""
+    # Always in float32: padded points sit at FAR_AWAY, beyond the range of float16, and
+    # half-precision distances would blur which real neighbours are nearest.
+    with torch.autocast(device_type=points.device.type, enabled=False):
+        points = points.float()
+        inner = torch.matmul(points.transpose(1, 2), points)
+    squared = points.pow(2).sum(dim=1, keepdim=True)
+    closeness = 2 * inner - squared - squared.transpose(1, 2)  # minus the squared distance
+    # Built from arange rather than eye: ONNX Runtime has no boolean EyeLike.
+    position = torch.arange(points.shape[-1], device=points.device)
+    itself = position.unsqueeze(0) == position.unsqueeze(1)
+    closeness = closeness.masked_fill(itself, float("-inf"))
+    return closeness.topk(k, dim=-1).indices
+
+
+def edge_features(features: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """EdgeConv inputs (B, 2C, P, k): each point's features and their difference to each neighbour."""
+    n_channels, n_points, k = features.shape[1], features.shape[2], neighbours.shape[2]
+    by_point = features.transpose(1, 2)  # (B, P, C)
+    index = neighbours.flatten(1).unsqueeze(-1).expand(-1, -1, n_channels)
+    neighbour = torch.gather(by_point, 1, index).view(-1, n_points, k, n_channels).permute(0, 3, 1, 2)
+    centre = features.unsqueeze(-1).expand(-1, -1, -1, k)
+    return torch.cat([centre, neighbour - centre], dim=1)
+
+
+class EdgeConvBlock(nn.Module):
+    """One EdgeConv block: a kNN graph, a shared MLP on every edge, the mean over edges, and
+    a shortcut from the block's input."""
+
+    def __init__(self, k: int, in_channels: int, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.k = k
+        layers, width = [], 2 * in_channels
+        for size in channels:
+            layers += [nn.Conv2d(width, size, kernel_size=1, bias=False), nn.BatchNorm2d(size), nn.ReLU()]
+            width = size
+        self.edge_mlp = nn.Sequential(*layers)
+        if in_channels == width:
+            self.shortcut = nn.Identity()
+        else:
+            self.shortcut = nn.Sequential(nn.Conv1d(in_channels, width, kernel_size=1, bias=False),
+                                          nn.BatchNorm1d(width))
+        self.activation = nn.ReLU()
+
+    def forward(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        neighbours = nearest_neighbours(points, self.k)
+        edges = self.edge_mlp(edge_features(features, neighbours))
+        return self.activation(self.shortcut(features) + edges.mean(dim=-1))
+
+
+class CandidateEmbedding(nn.Module):
+    """Per-candidate 1x1 convolution of one group to a common width (B, C, P) -> (B, width, P)."""
+
+    def __init__(self, in_channels: int, width: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv1d(in_channels, width, kernel_size=1, bias=False),
+                                    nn.BatchNorm1d(width), nn.ReLU())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average of (B, C, P) over the real points of mask (B, 1, P); zero for a jet without any."""
+    return (features * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
+
+
+class ParticleNet(TorchModel):
+    """ParticleNet as published (see module docstring); all sizes are hyperparameters.
+
+    Hyperparameters:
+        ``coordinates``: names of the charged-candidate columns spanning the first graph
+        (required, e.g. ``[pfcand_etarel, pfcand_phirel]``);
+        ``coordinates_vtx`` / ``coordinates_npf``: the same columns of that group, which then
+        joins the graph (optional);
+        ``k``: neighbours per point; ``conv_channels``: channels of each EdgeConv block;
+        ``fc``: widths of the dense head; ``dropout``: after each dense layer;
+        ``embed_channels``: common width of the groups sharing the graph.
+    """
+
+    input_groups = ("cpf",)
+    optional_groups = ("npf", "vtx", "global")
+
+    def __init__(self, spec: InputSpec, coordinates: Sequence[str] | None = None,
+                 coordinates_vtx: Sequence[str] | None = None, coordinates_npf: Sequence[str] | None = None,
+                 k: int = 16, conv_channels: Sequence[Sequence[int]] = PUBLISHED_CHANNELS,
+                 fc: Sequence[int] = (256,), dropout: float = 0.1, embed_channels: int = 32) -> None:
+        super().__init__(spec)
+        if not coordinates:
+            raise ModelError("ParticleNet needs the hyperparameter 'coordinates': the charged-candidate columns "
+                             "that span the first neighbour graph, e.g. `model_settings: {ParticleNet: "
+                             "{coordinates: [pfcand_etarel, pfcand_phirel]}}` in the config")
+        if not conv_channels or any(not block for block in conv_channels):
+            raise ModelError(f"ParticleNet's 'conv_channels' must list at least one EdgeConv block of at least "
+                             f"one layer, got {conv_channels!r}")
+        if k < 1:
+            raise ModelError(f"ParticleNet's 'k' (neighbours per point) must be at least 1, got {k}")
+
+        coordinates_of = {"cpf": coordinates, "vtx": coordinates_vtx, "npf": coordinates_npf}
+        for group, names in coordinates_of.items():
+            if isinstance(names, str):
+                key = "coordinates" if group == "cpf" else f"coordinates_{group}"
+                raise ModelError(f"ParticleNet's '{key}' must be a list of column names, got the single string "
+                                 f"'{names}'; write it as [{names}, ...]")
+        present = [g for g in CANDIDATE_GROUPS if g in self.groups]
+        for group in ("vtx", "npf"):
+            if coordinates_of[group] and group not in present:
+                raise ModelError(f"ParticleNet got 'coordinates_{group}' but the dataset has no '{group}' group; "
+                                 f"remove the hyperparameter or add the group to the config")
+        self.graph_groups = [g for g in present if coordinates_of[g]]
+        self.pooled_groups = [g for g in present if not coordinates_of[g]]
+        self.coordinates = {g: tuple(coordinates_of[g]) for g in self.graph_groups}
+        for group, names in self.coordinates.items():
+            if len(names) != len(self.coordinates["cpf"]):
+                raise ModelError(f"ParticleNet's 'coordinates_{group}' has {len(names)} column(s) but 'coordinates' "
+                                 f"has {len(self.coordinates['cpf'])}; every group's points need the same dimensions")
+            for name in names:
+                spec.column(group, name)  # a clear error naming the column when the dataset lacks it
+
+        n_points = sum(spec.n_candidates[g] for g in self.graph_groups)
+        if n_points < 2:
+            raise ModelError(f"ParticleNet needs at least two candidates per jet to build a graph, the dataset "
+                             f"keeps {n_points}; raise n_cpf_candidates in the config")
+        self.k = min(k, n_points - 1)
+
+        # With one group the candidates enter the graph as they are (as published); several
+        # groups have different features, so each is mapped to a common width first.
+        if len(self.graph_groups) > 1:
+            self.graph_embeddings = nn.ModuleDict(
+                {g: CandidateEmbedding(spec.n_features(g), embed_channels) for g in self.graph_groups})
+            width = embed_channels
+        else:
+            self.graph_embeddings = nn.ModuleDict()
+            width = spec.n_features("cpf")
+        blocks = []
+        for channels in conv_channels:
+            blocks.append(EdgeConvBlock(self.k, width, tuple(channels)))
+            width = channels[-1]
+        self.edge_convs = nn.ModuleList(blocks)
+
+        self.pooled_embeddings = nn.ModuleDict(
+            {g: CandidateEmbedding(spec.n_features(g), embed_channels) for g in self.pooled_groups})
+        width += embed_channels * len(self.pooled_groups)
+        if "global" in self.groups:
+            width += spec.n_features("global")
+        layers = []
+        for size in fc:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, spec.n_classes))
+        self.head = nn.Sequential(*layers)
+
+    def _points(self, batch: dict[str, torch.Tensor], group: str) -> torch.Tensor:
+        return torch.stack([self.raw_column(batch, group, name) for name in self.coordinates[group]], dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        points, features, masks = [], [], []
+        for group in self.graph_groups:
+            mask = batch[f"mask_{group}"].unsqueeze(1).to(batch[group].dtype)  # (B, 1, P)
+            candidates = batch[group].transpose(1, 2) * mask
+            if group in self.graph_embeddings:
+                candidates = self.graph_embeddings[group](candidates) * mask
+            points.append(self._points(batch, group) * mask)
+            features.append(candidates)
+            masks.append(mask)
+        points, features, mask = torch.cat(points, dim=2), torch.cat(features, dim=2), torch.cat(masks, dim=2)
+
+        far_away = (1 - mask) * FAR_AWAY
+        for index, block in enumerate(self.edge_convs):
+            features = block((points if index == 0 else features) + far_away, features) * mask
+        head_inputs = [masked_mean(features, mask)]
+
+        for group in self.pooled_groups:
+            group_mask = batch[f"mask_{group}"].unsqueeze(1).to(batch[group].dtype)
+            head_inputs.append(masked_mean(self.pooled_embeddings[group](batch[group].transpose(1, 2)), group_mask))
+        if "global" in self.groups:
+            head_inputs.append(batch["global"])
+        return self.head(torch.cat(head_inputs, dim=1))
