@@ -147,12 +147,16 @@ def test_hlt_ak4_shape() -> None:
     assert config.bins_pt[0] == 30.0 and config.bins_pt[-1] == 2000.0
     assert config.bins_eta == (-2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
     assert config.pt_key == "jet_pt" and config.eta_key == "jet_eta"
+    # hlt_ak4 overrides one training default (the epochs) and keeps the others
     assert config.training == TrainingConfig(
-        epochs=10, batch_size=1024, learning_rate=1e-3, weight_decay=1e-2, optimizer="adamw",
+        epochs=6, batch_size=1024, learning_rate=1e-3, weight_decay=1e-2, optimizer="adamw",
         scheduler="cosine", warmup_epochs=1, gradient_clip=5.0, patience=5, sampling="stochastic",
         validation_fraction=0.1,
     )
     assert {"pfcand_trackSip3dSig", "sv_enratio", "isB", "npv"} <= config.branches()
+    # the jet-relative coordinates are custom features that read pfcand_phi and jet_phi
+    assert list(config.candidate_groups["cpf"].custom_features) == ["pfcand_etarel", "pfcand_phirel"]
+    assert {"pfcand_phi", "jet_phi"} <= config.branches()
 
 
 def test_offline_ak4_shape() -> None:
