@@ -4,8 +4,9 @@ from __future__ import annotations
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'stage':<34} {'figure':>12} {'reference':>12} {'ratio':>7}  reference is")
+    width = max([34, *(len(row["stage"]) for row in rows)])
+    print(f"{'stage':<{width}} {'figure':>14} {'reference':>14} {'ratio':>9}  reference is")
     for row in rows:
-        print(f"{row['stage']:<34} {row['figure']:>9.0f} {row['unit']:<3}{row['reference']:>9.0f} "
-              f"{row['unit']:<3}{row['ratio']:>6.2f}  {row['reference_name']}"
+        print(f"{row['stage']:<{width}} {row['figure']:>9.0f} {row['unit']:<4}{row['reference']:>10.0f} "
+              f"{row['unit']:<4}{row['ratio']:>9.2f}  {row['reference_name']}"
               + (f" (limit {row['limit']})" if "limit" in row else ""))

@@ -16,15 +16,22 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def fresh_task_instances():
-    """luigi caches task instances by parameters; tests change the store and configs between
-    runs with the same parameters, so every test starts with an empty cache."""
+def _forget_tasks() -> None:
+    import law.util
     import luigi
 
     luigi.task_register.Register.clear_instance_cache()
+    # law remembers, per process, which local workflows already started their branches
+    law.util.mp_manager.get("local_workflow_tasks_yielded", "dict").clear()
+
+
+@pytest.fixture(autouse=True)
+def fresh_task_instances():
+    """luigi and law keep per-process state keyed by task parameters; tests change the store
+    and configs between runs with the same parameters, so every test starts without it."""
+    _forget_tasks()
     yield
-    luigi.task_register.Register.clear_instance_cache()
+    _forget_tasks()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -24,7 +24,7 @@ def test_simulated_dataset_train_and_test(config_dir, store):  # noqa: F811
     assert meta["processes"] == ["ttbar", "qcd"]
     assert meta["n_jets"] == sum(s["n_jets"] for s in meta["shards"]) > 300
     assert {f["process"] for f in meta["files"]} == {0, 1}
-    assert len(meta["features"]["cpf"]) == 22 and meta["n_candidates"] == {"cpf": 25, "vtx": 4}
+    assert len(meta["features"]["cpf"]) == 24 and meta["n_candidates"] == {"cpf": 25, "vtx": 4}
     shard = dataset.open_shard(train.output_directory(), meta["shards"][0]["name"])
     assert isinstance(shard["cpf"], np.memmap)
     # the pieces are gone once the shards exist, the simulated inputs are untouched

@@ -16,7 +16,12 @@ from models.base import ModelError, load_model, model_class
 from tests.training_data import tiny_dataset
 
 SMALL = {"DNN": {"hidden": [32, 16]}, "DeepJet": {"width_scale": 0.1, "dense": [64, 32]},
-         "GradientBoosting": {"max_iter": 30}}
+         "GradientBoosting": {"max_iter": 30},
+         # the test files have no eta/phi columns; any two named columns exercise the lookup
+         "ParticleNet": {"coordinates": ["pfcand_pt", "pfcand_sip"], "k": 3, "conv_channels": [[8, 8]], "fc": [16]},
+         "ParticleTransformer": {"four_vector": {"pt": "pfcand_pt", "eta": "pfcand_sip", "phi": "pfcand_sip"},
+                                 "embed_dims": [16, 16], "pair_embed_dims": [8], "num_heads": 2, "num_blocks": 1,
+                                 "num_class_blocks": 1}}
 
 
 @pytest.fixture
@@ -99,7 +104,7 @@ def test_standardisation_uses_real_candidates_only(tiny):
 
 # -- models --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["DNN", "DeepJet", "GradientBoosting"])
+@pytest.mark.parametrize("name", ["DNN", "DeepJet", "ParticleNet", "ParticleTransformer", "GradientBoosting"])
 def test_every_model_learns(tiny, tmp_path, name):
     cfg, directory = tiny
     model = fitting.build(cfg, name, directory)
@@ -154,6 +159,13 @@ def test_non_finite_loss_names_epoch_and_batch(tiny, tmp_path):
 
 
 # -- bad inputs ----------------------------------------------------------------------------
+
+def test_unknown_hyperparameter_names_the_config_key(tiny):
+    cfg, directory = tiny
+    broken = replace(cfg, model_settings={"DNN": {"hiden": [8]}})
+    with pytest.raises(ModelError, match=r"model_settings.DNN.*hidden"):
+        fitting.build(broken, "DNN", directory)
+
 
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ModelError, match="DeepJet.*DNN|DNN.*DeepJet"):

@@ -1,0 +1,192 @@
+"""Dataloader and training-step throughput, each beside its reference from the same run.
+
+    python -m benchmarks.training [--dataset DIR] [--jets 100000] [--steps 20] [--json out.json]
+
+Rows:
+- the shard loader delivering DeepJet's inputs, in jets/s, beside a plain in-memory copy of
+  the same arrays batched by random index (its limit);
+- per model, one training step (forward, backward, optimiser step) in jets/s at the default
+  batch size, on CPU and, when CUDA is present, on the GPU in fp32 and with bf16/fp16 mixed
+  precision; the ratio is the loader's rate over the step's: it must stay >= 3 so the loader
+  never limits training;
+- per model, inference jets/s at batch sizes 1, 64 and 1024, beside the largest batch.
+Without ``--dataset`` a dataset with the ``hlt_ak4`` shapes is written from random numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.report import print_table
+from bhive import dataset as dataset_format
+from dataloaders.base import LoaderSettings
+from dataloaders.shards import ShardDataLoader
+from models.base import InputSpec, model_class
+
+CLASSES = {"b": ["isB"], "c": ["isC"], "uds": ["isUDS"], "g": ["isG"]}
+HLT_SHAPES = {"global": 6, "cpf": (25, 24), "vtx": (4, 12)}
+MODEL_SETTINGS = {
+    "DNN": {}, "DeepJet": {},
+    "ParticleNet": {"coordinates": ["f0", "f1"], "k": 7, "conv_channels": [[32, 32, 32], [64, 64, 64]], "fc": [128]},
+    "ParticleTransformer": {"four_vector": {"pt": "f2", "eta": "f0", "phi": "f1"}},
+}
+
+
+def synthetic_dataset(directory: Path, n_jets: int, shard_size: int = 50_000) -> Path:
+    rng = np.random.default_rng(1)
+    shards = []
+    for index, start in enumerate(range(0, n_jets, shard_size)):
+        n = min(shard_size, n_jets - start)
+        arrays = {"global": rng.normal(size=(n, HLT_SHAPES["global"])).astype(np.float32)}
+        for group in ("cpf", "vtx"):
+            size, features = HLT_SHAPES[group]
+            counts = rng.integers(0, size + 1, n)
+            mask = np.arange(size)[None, :] < counts[:, None]
+            arrays[group] = (rng.normal(size=(n, size, features)) * mask[..., None]).astype(np.float32)
+            arrays[f"mask_{group}"] = mask
+        arrays["truth"] = rng.integers(0, 4, n).astype(np.int16)
+        arrays["weight"] = rng.uniform(0.2, 1.0, n).astype(np.float32)
+        arrays["kinematics"] = np.zeros((n, 2), np.float32)
+        arrays["process"] = np.zeros(n, np.int16)
+        shard = directory / dataset_format.shard_name(index)
+        shard.mkdir(parents=True)
+        for name, values in arrays.items():
+            np.save(shard / f"{name}.npy", values)
+        shards.append({"name": shard.name, "n_jets": int(n)})
+    features = {"global": [f"g{i}" for i in range(HLT_SHAPES["global"])],
+                **{g: [f"f{i}" for i in range(HLT_SHAPES[g][1])] for g in ("cpf", "vtx")}}
+    dataset_format.write_meta(directory, {
+        "features": features, "n_candidates": {g: HLT_SHAPES[g][0] for g in ("cpf", "vtx")},
+        "truth_labels": ["isB", "isC", "isUDS", "isG"], "n_jets": n_jets, "shards": shards,
+        "histograms": np.ones((4, 1, 1)).tolist(), "weights": np.ones((4, 1, 1)).tolist()})
+    return directory
+
+
+def loader_rate(directory: Path, groups, batch_size: int) -> tuple[float, float]:
+    """(shard loader jets/s, in-memory copy jets/s) for one pass over the data."""
+    loader = ShardDataLoader(directory, groups, CLASSES, LoaderSettings(batch_size=batch_size, sampling="loss_weight",
+                                                                          validation_fraction=0.0))
+    started, n = time.perf_counter(), 0
+    for batch in loader.train_batches(0):
+        n += len(batch["label"])
+    streamed = n / (time.perf_counter() - started)
+
+    arrays = {}
+    for shard in loader.meta["shards"]:
+        for key, values in dataset_format.open_shard(directory, shard["name"], mmap=False).items():
+            arrays.setdefault(key, []).append(values)
+    arrays = {k: np.concatenate(v) for k, v in arrays.items()}
+    keys = [k for g in groups for k in ((g,) if g == "global" else (g, f"mask_{g}"))] + ["truth", "weight"]
+    order = np.random.default_rng(0).permutation(len(arrays["truth"]))
+    started = time.perf_counter()
+    for begin in range(0, len(order), batch_size):
+        index = order[begin:begin + batch_size]
+        {k: arrays[k][index] for k in keys}
+    in_memory = len(order) / (time.perf_counter() - started)
+    return streamed, in_memory
+
+
+def step_rate(model, batch: dict, device: torch.device, precision: str, steps: int) -> float:
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(model.standardise(batch))
+        loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"])
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * len(batch["label"]) / (time.perf_counter() - started)
+
+
+def inference_rate(model, batch: dict, size: int, device: torch.device, repeats: int) -> float:
+    model.to(device).eval()
+    small = {k: v[:size].to(device) for k, v in batch.items()}
+    with torch.no_grad():
+        model(model.standardise(small))
+        started = time.perf_counter()
+        for _ in range(repeats):
+            model(model.standardise(small))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return repeats * size / (time.perf_counter() - started)
+
+
+def run(dataset_dir: Path | None, n_jets: int, batch_size: int, steps: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = dataset_dir or synthetic_dataset(Path(scratch) / "dataset", n_jets)
+        meta = dataset_format.load_meta(directory)
+        spec = InputSpec.from_meta(meta, CLASSES)
+        streamed, in_memory = loader_rate(directory, ("global", "cpf", "vtx"), batch_size)
+        rows.append({"stage": "dataloader (DeepJet inputs)", "figure": streamed, "unit": "jets/s",
+                     "reference": in_memory, "reference_name": "in-memory copy, random-index batches",
+                     "ratio": streamed / in_memory})
+        loader = ShardDataLoader(directory, ("global", "cpf", "vtx"), CLASSES,
+                                 LoaderSettings(batch_size=batch_size, sampling="loss_weight", validation_fraction=0))
+        sample = next(iter(loader.train_batches(0)))
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        for name, settings in MODEL_SETTINGS.items():
+            cls = model_class(name)
+            torch.manual_seed(0)
+            model = cls.create(spec, **settings)
+            keys = model.input_keys()
+            batch = {k: torch.from_numpy(np.ascontiguousarray(sample[k])) for k in keys}
+            batch["label"] = torch.from_numpy(sample["label"])
+            for device in devices:
+                precisions = ["fp32"] + (["bf16", "fp16"] if device.type == "cuda" else [])
+                fp32 = None
+                for precision in precisions:
+                    rate = step_rate(model, batch, device, precision, steps)
+                    fp32 = fp32 or rate
+                    rows.append({"stage": f"train step {name} ({device.type}, {precision})", "figure": rate,
+                                 "unit": "jets/s", "reference": streamed, "reference_name":
+                                 "shard loader (must be >= 3x the step)", "ratio": streamed / rate, "limit": 3,
+                                 **({"speedup_vs_fp32": rate / fp32} if precision != "fp32" else {})})
+                largest = inference_rate(model, batch, batch_size, device, repeats=max(2, steps // 2))
+                for size in (1, 64, batch_size):
+                    rate = inference_rate(model, batch, size, device, repeats=max(2, steps * batch_size // size // 20))
+                    rows.append({"stage": f"inference {name} ({device.type}, batch {size})", "figure": rate,
+                                 "unit": "jets/s", "reference": largest, "reference_name": f"batch {batch_size}",
+                                 "ratio": rate / largest})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, help="a dataset directory (default: synthetic, hlt_ak4 shapes)")
+    parser.add_argument("--jets", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = run(args.dataset, args.jets, args.batch_size, args.steps)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

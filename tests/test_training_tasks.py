@@ -1,0 +1,56 @@
+"""TrainingTask and ExportTask end to end on a small generated config."""
+
+import json
+
+import luigi
+import numpy as np
+
+from models.base import load_model
+from tasks.export import ExportTask
+from tasks.training import TrainingTask
+from tests.deepntuple_files import unit_config, write_config, write_deepntuple
+
+SMALL = {"DNN": {"hidden": [16]}, "GradientBoosting": {"max_iter": 20}}
+
+
+def configure(tmp_path, monkeypatch):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for name, seed in (("train_ttbar", 1), ("train_qcd", 2), ("test_ttbar", 3), ("test_qcd", 4)):
+        write_deepntuple(samples / f"{name}_0.root", 600, seed=seed)
+    write_config(tmp_path / "configs", "unit", unit_config(
+        samples, model_settings=SMALL, training={"epochs": 2, "batch_size": 128}))
+    monkeypatch.setenv("BHIVE_CONFIG_DIR", str(tmp_path / "configs"))
+
+
+def build(task) -> bool:
+    return luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+
+
+def test_scikit_learn_model_through_training_task(tmp_path, monkeypatch, store):
+    configure(tmp_path, monkeypatch)
+    task = TrainingTask(config="unit", version="v1", model_name="GradientBoosting")
+    assert build(task)
+    artifact = task.local_path("model")
+    assert task.local_path().parts[-2:] == ("v1", "GradientBoosting")
+    description = json.loads((artifact / "model.json").read_text())
+    assert description["model"] == "GradientBoosting" and description["classes"]["isB"] == ["isB"]
+    assert description["truth_labels"] == ["isB", "isC", "isL"]
+    history = json.loads(task.local_path("history.json").read_text())
+    assert history[0]["val_accuracy"] > 0.4
+    assert (task.local_path("plots") / "loss.png").exists()
+    assert type(load_model(artifact)).__name__ == "GradientBoosting"
+
+
+def test_torch_model_trains_and_exports_to_onnx(tmp_path, monkeypatch, store):
+    configure(tmp_path, monkeypatch)
+    export = ExportTask(config="unit", version="v1", model_name="DNN", n_check_jets=256)
+    assert build(export)
+    check = json.loads(export.local_path("onnx_check.json").read_text())
+    assert check["passed"] and check["n_jets_checked"] == 256 and check["max_abs_difference"] < 1e-4
+    assert check["inputs"] == ["global"]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(export.local_path("model.onnx")))
+    out = session.run(None, {"global": np.zeros((7, 4), np.float32)})[0]
+    assert out.shape == (7, 3)  # dynamic batch size
