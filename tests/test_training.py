@@ -201,3 +201,23 @@ def test_empty_dataset_is_refused(tiny, tmp_path):
     dataset.write_meta(empty, {k: v for k, v in meta.items() if k != "format_version"})
     with pytest.raises(ValueError, match="empty"):
         make_loader(cfg, empty, ("global",))
+
+
+def test_bf16_mixed_precision_on_cpu(tiny, tmp_path):
+    cfg, directory = tiny
+    settings = settings_for(cfg, epochs=2, precision="bf16")
+    model = fitting.build(cfg, "DeepJet", directory, seed=settings.seed)
+    history = model.fit(fitting.loader(cfg, model, directory, settings), settings, tmp_path / "bf16")
+    assert np.isfinite(history[-1]["loss"]) and history[-1]["loss"] < history[0]["loss"] * 1.05
+
+
+def test_fp16_needs_cuda(tiny, tmp_path):
+    cfg, directory = tiny
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    from bhive.training import TrainingError
+
+    settings = settings_for(cfg, epochs=1, precision="fp16")
+    model = fitting.build(cfg, "DNN", directory)
+    with pytest.raises(TrainingError, match="fp16.*CUDA"):
+        model.fit(fitting.loader(cfg, model, directory, settings), settings, tmp_path / "fp16")
