@@ -129,7 +129,10 @@ def export_onnx(model: TorchModel, path: Path, batch: Mapping[str, np.ndarray], 
 
     model = model.to("cpu").eval()
     keys = model.input_keys()
-    example = tuple(torch.from_numpy(np.ascontiguousarray(batch[k])) for k in keys)
+    # export with a few jets and check with all of them, so a batch size frozen into the
+    # graph (e.g. LSTM initial states) cannot go unnoticed
+    example = tuple(torch.from_numpy(np.ascontiguousarray(batch[k][:8])) for k in keys)
+    checked = tuple(torch.from_numpy(np.ascontiguousarray(batch[k])) for k in keys)
     wrapper = _ProbabilitiesModule(model, keys).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,12 +141,14 @@ def export_onnx(model: TorchModel, path: Path, batch: Mapping[str, np.ndarray], 
         # the torch.export-based exporter would need the onnxscript package; the TorchScript
         # one covers every b-hive model
         warnings.simplefilter("ignore", DeprecationWarning)
+        # the LSTM batch-size warning is answered by the check below, at another batch size
+        warnings.filterwarnings("ignore", message=".*batch_size other than 1.*LSTM")
         torch.onnx.export(wrapper, example, str(temporary), input_names=list(keys), output_names=["probabilities"],
                           dynamic_axes={name: {0: "jets"} for name in (*keys, "probabilities")},
                           opset_version=17, dynamo=False)
     temporary.replace(path)
     with torch.no_grad():
-        expected = wrapper(*example).numpy()
+        expected = wrapper(*checked).numpy()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {k: np.ascontiguousarray(batch[k]) for k in keys}
     obtained = session.run(["probabilities"], feeds)[0]
