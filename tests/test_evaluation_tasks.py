@@ -1,0 +1,48 @@
+"""InferenceTask, ROCCurveTask, WorkingPointTask and EvaluationTask on a small generated config."""
+
+import json
+
+import luigi
+import numpy as np
+import uproot
+from sklearn.metrics import roc_auc_score
+
+from bhive.discriminators import discriminator
+from models import inference
+from tasks.evaluation import EvaluationTask, InferenceTask, ROCCurveTask, WorkingPointTask
+from tests.test_training_tasks import configure
+
+
+def test_evaluation_chain(tmp_path, monkeypatch, store):
+    configure(tmp_path, monkeypatch)
+    task = EvaluationTask(config="unit", version="v1", model_name="DNN")
+    assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+
+    scored = InferenceTask.req(task).local_path()
+    predictions = inference.read_predictions(scored)
+    arrays, info = predictions["arrays"], predictions["info"]
+    assert info["classes"] == ["isB", "isC", "isL"] and arrays["scores"].shape == (info["n_jets"], 3)
+    tree = uproot.open(scored / "scores.root")["scores"]
+    assert tree.num_entries == info["n_jets"]
+    np.testing.assert_allclose(tree["prob_isB"].array(library="np"), arrays["scores"][:, 0])
+    assert "ref_OldTagger_BvsL" in tree.keys()
+
+    # the AUC in the outputs equals scikit-learn's on the same arrays
+    aucs = json.loads(ROCCurveTask.req(task).local_path("aucs.json").read_text())["auc"]
+    values = discriminator(arrays["scores"], info["classes"], ["isB"], ["isL"])
+    used = arrays["label"] != 1
+    assert aucs["BvsL"]["all"] == np.float64(roc_auc_score(arrays["label"][used] == 0, values[used])).item()
+    assert set(aucs["BvsL"]) >= {"all", "ttbar", "qcd"}
+    assert (ROCCurveTask.req(task).local_path("roc") / "BvsL.pdf").exists()
+
+    # each working point's mis-id on the evaluated jets is at most its target
+    points = json.loads(WorkingPointTask.req(task).local_path("working_points.json").read_text())
+    for point in points:
+        background = used & (arrays["label"] == 2)
+        measured = np.mean(values[background] >= point["threshold"])
+        assert measured == point["misid"] <= point["target_misid"]
+        assert len(point["efficiency_vs_pt"]) == 4
+
+    summary = json.loads(task.local_path("summary.json").read_text())
+    assert summary["auc"]["BvsL"]["all"] == aucs["BvsL"]["all"]
+    assert "| BvsL | loose |" in task.local_path("summary.md").read_text()
