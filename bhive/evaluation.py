@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bhive import plotting
+from bhive import plotting  # noqa: I001  (sets the non-interactive backend before pyplot)
+import matplotlib.pyplot as plt
+import mplhep
 from bhive.discriminators import discriminator
 from bhive.roc import CurveError, RocCurve, binned_efficiency, roc_curve, working_point
 
@@ -123,3 +125,107 @@ def working_point_table(arrays, info, name, signal, background, bins_pt, bins_et
                            "misid": mis, "misid_error": mis_err})
         rows.append(row)
     return rows
+
+
+def confusion_matrix(arrays, n_classes: int) -> np.ndarray:
+    """Fraction of jets of each true class (rows) assigned to each class by the highest score."""
+    label = arrays["label"]
+    used = label >= 0
+    predicted = arrays["scores"][used].argmax(axis=1)
+    counts = np.bincount(label[used] * n_classes + predicted, minlength=n_classes**2).reshape(n_classes, n_classes)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], stem: Path) -> list[Path]:
+    fig, ax = plotting.figure()
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    for (row, column), value in np.ndenumerate(matrix):
+        ax.text(column, row, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted class (highest score)")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    return plotting.save(fig, stem, {"matrix": matrix, "classes": np.asarray(classes)})
+
+
+def plot_score_distributions(arrays, classes: Sequence[str], directory: Path, bins: int = 50) -> list[Path]:
+    """Each class's output score for jets of every true class, normalised to unit area."""
+    written = []
+    edges = np.linspace(0, 1, bins + 1)
+    for index, output in enumerate(classes):
+        fig, ax = plotting.figure()
+        data = {"edges": edges}
+        for true_index, true_class in enumerate(classes):
+            values = arrays["scores"][arrays["label"] == true_index, index]
+            counts, _ = np.histogram(values, bins=edges)
+            data[f"true_{true_class}"] = counts
+            if counts.sum():
+                mplhep.histplot(counts / counts.sum(), edges, ax=ax, label=f"true {true_class}")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"score of class {output}")
+        ax.set_ylabel("fraction of jets")
+        ax.legend(fontsize="small")
+        written += plotting.save(fig, directory / f"score_{output}", data)
+    return written
+
+
+def plot_comparison(curves: Mapping[str, RocCurve], name: str, signal, background, stem: Path) -> list[Path]:
+    """Several taggers' ROC curves for one discriminator, with the ratio of each mis-id to the
+    first curve's at the same signal efficiency in a lower panel."""
+    plt.style.use(mplhep.style.CMS)
+    fig, (ax, ratio_ax) = plt.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]}, figsize=(10, 11))
+    mplhep.cms.label(ax=ax, data=False, text="Preliminary", rlabel="")
+    grid = np.linspace(0.05, 1.0, 96)
+    reference_label, reference = next(iter(curves.items()))
+    reference_misid = np.interp(grid, reference.efficiency, reference.misid)
+    data = {"efficiency_grid": grid, "labels": np.asarray(list(curves))}
+    for index, (label, curve) in enumerate(curves.items()):
+        shown = curve.misid > 0
+        ax.plot(curve.efficiency[shown], curve.misid[shown], label=f"{label} (AUC {curve.auc():.3f})")
+        misid = np.interp(grid, curve.efficiency, curve.misid)
+        ratio = np.divide(misid, reference_misid, out=np.full(len(grid), np.nan), where=reference_misid > 0)
+        ratio_ax.plot(grid, ratio)
+        data[f"misid_{index}"], data[f"ratio_{index}"] = misid, ratio
+    ax.set_yscale("log")
+    ax.set_ylim(5e-4, 1)
+    ax.set_ylabel(f"{'+'.join(background)} mis-identification")
+    ax.legend(title=name, loc="upper left", fontsize="small")
+    ax.grid(True, which="both", alpha=0.3)
+    ratio_ax.axhline(1.0, color="grey", linewidth=1)
+    ratio_ax.set_ylabel(f"ratio to {reference_label}", fontsize="small")
+    ratio_ax.set_xlabel(f"{'+'.join(signal)} efficiency")
+    ratio_ax.set_xlim(0, 1)
+    return plotting.save(fig, stem, data)
+
+
+def plot_feature_distributions(values: Mapping[str, np.ndarray], labels: np.ndarray, weights: np.ndarray,
+                               classes: Sequence[str], title: str, stem: Path, weighted: bool) -> list[Path]:
+    """One panel per input feature, one line per true class (unit area), with or without the
+    reweighting weights; ``values`` maps feature name to per-entry values."""
+    names = list(values)
+    columns = min(4, len(names))
+    rows = -(-len(names) // columns)
+    plt.style.use(mplhep.style.CMS)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
+    data = {}
+    for ax, name in zip(axes.flat, names):
+        finite = values[name][np.isfinite(values[name])]
+        low, high = (np.quantile(finite, [0.005, 0.995]) if len(finite) else (0.0, 1.0))
+        edges = np.linspace(low, high if high > low else low + 1, 41)
+        for index, cls in enumerate(classes):
+            chosen = labels == index
+            counts, _ = np.histogram(values[name][chosen], bins=edges, weights=weights[chosen] if weighted else None)
+            data[f"{name}__{cls}"] = counts
+            if counts.sum() > 0:
+                ax.stairs(counts / counts.sum(), edges, label=cls)
+        data[f"{name}__edges"] = edges
+        ax.set_title(name, fontsize=11)
+        ax.tick_params(labelsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=9, title="weighted" if weighted else "unweighted", title_fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return plotting.save(fig, stem, data)

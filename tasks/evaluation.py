@@ -7,11 +7,13 @@ import csv
 
 import law
 import luigi
+import numpy as np
 
 from bhive import evaluation
+from bhive.roc import roc_curve
 from bhive.store import atomic_write_json, read_json
 from models import inference
-from models.fitting import ARTIFACT
+from models.fitting import ARTIFACT, plot_history
 from tasks.base import DatasetVersionTask
 from tasks.dataset import DatasetConstructionTask
 from tasks.training import TrainingTask
@@ -103,12 +105,127 @@ class WorkingPointTask(_EvaluationTask):
         atomic_write_json(self.local_path("working_points.json"), rows)
 
 
+class ScoreDistributionTask(_EvaluationTask):
+    """Output scores per true class and the confusion matrix."""
+
+    def output(self):
+        return self.local_target("confusion.json")
+
+    def run(self):
+        predictions = self.predictions()
+        arrays, classes = predictions["arrays"], predictions["info"]["classes"]
+        evaluation.plot_score_distributions(arrays, classes, self.local_path("plots"))
+        matrix = evaluation.confusion_matrix(arrays, len(classes))
+        evaluation.plot_confusion(matrix, classes, self.local_path("plots", "confusion"))
+        atomic_write_json(self.local_path("confusion.json"), {"classes": classes, "matrix": matrix.tolist()})
+
+
+class FeatureDistributionTask(DatasetVersionTask):
+    """Input features per true class in the test dataset, weighted and unweighted (the leading
+    candidate of each candidate group), from at most --max-jets jets."""
+
+    test_dataset_version = InferenceTask.test_dataset_version
+    max_jets = luigi.IntParameter(default=200_000, description="jets read; default: 200000")
+
+    def store_parts(self) -> tuple[str, ...]:
+        return (*super().store_parts(), self.test_dataset_version)
+
+    def requires(self):
+        return DatasetConstructionTask.req(self, split="test", dataset_version=self.test_dataset_version)
+
+    def output(self):
+        return self.local_target("features.json")
+
+    def run(self):
+        from bhive import dataset
+        from dataloaders.base import label_map
+
+        directory = self.requires().output_directory()
+        meta = dataset.load_meta(directory)
+        shards, n = [], 0
+        for shard in meta["shards"]:
+            shards.append(dataset.open_shard(directory, shard["name"]))
+            n += shard["n_jets"]
+            if n >= self.max_jets:
+                break
+        labels = label_map(meta["truth_labels"], self.cfg.classes)[
+            np.concatenate([s["truth"] for s in shards])[:self.max_jets]]
+        weights = np.concatenate([s["weight"] for s in shards])[:self.max_jets]
+        classes = list(self.cfg.classes)
+        written = []
+        for group, names in meta["features"].items():
+            values = np.concatenate([np.asarray(s[group][:self.max_jets]) for s in shards])[:self.max_jets]
+            if values.ndim == 3:  # the leading candidate; jets without one are left out per feature
+                present = np.concatenate([s[f"mask_{group}"][:, 0] for s in shards])[:self.max_jets]
+                values = np.where(present[:, None], values[:, 0, :], np.nan)
+            columns = {name: values[:, i] for i, name in enumerate(names)}
+            for weighted in (False, True):
+                kind = "weighted" if weighted else "unweighted"
+                written += evaluation.plot_feature_distributions(
+                    columns, labels, weights, classes, f"{group} ({kind})", self.local_path(f"{group}_{kind}"),
+                    weighted)
+        atomic_write_json(self.local_path("features.json"),
+                          {"plots": sorted(p.name for p in written), "n_jets": int(len(labels))})
+
+
+class ComparisonTask(_EvaluationTask):
+    """This training beside other trainings (--compare "training_version/Model,...") and the
+    reference taggers stored in the inputs, per discriminator, with a ratio panel."""
+
+    compare = luigi.Parameter(default="", description="other trainings on the same test dataset, "
+                              "comma-separated training_version/Model, e.g. v1/DNN,v2/ParticleNet")
+
+    def others(self) -> list[InferenceTask]:
+        tasks = []
+        for spec in filter(None, (s.strip() for s in self.compare.split(","))):
+            version, _, model = spec.partition("/")
+            if not model:
+                raise ValueError(f"--compare {spec}: write training_version/Model, e.g. v1/DNN")
+            tasks.append(InferenceTask.req(self, training_version=version, model_name=model))
+        return tasks
+
+    def requires(self):
+        return {"inference": InferenceTask.req(self), "others": self.others()}
+
+    def output(self):
+        return self.local_target("comparison.json")
+
+    def run(self):
+        own = self.predictions()
+        entries = {f"{self.training().model()} ({self.training().training_version})": own}
+        for task in self.requires()["others"]:
+            entries[f"{task.training().model()} ({task.training().training_version})"] = \
+                inference.read_predictions(task.local_path())
+        arrays, info = own["arrays"], own["info"]
+        results = {}
+        for name, (signal, background) in self.discriminators(info).items():
+            curves = {}
+            for label, predictions in entries.items():
+                values, is_signal, used = evaluation.discriminator_values(
+                    predictions["arrays"], predictions["info"], signal, background)
+                curves[label] = roc_curve(values[used], is_signal[used], what=f"{name} of {label}")
+            for column, reference in enumerate(info["extras"]):
+                tagger, _, reference_name = reference.partition("/")
+                if reference_name == name:
+                    _, is_signal, used = evaluation.discriminator_values(arrays, info, signal, background)
+                    curves[f"{tagger} (reference)"] = roc_curve(arrays["extras"][used, column], is_signal[used],
+                                                                what=f"{name} of {tagger}")
+            if len(curves) > 1:
+                evaluation.plot_comparison(curves, name, signal, background, self.local_path("roc", name))
+            results[name] = {label: curve.auc() for label, curve in curves.items()}
+        atomic_write_json(self.local_path("comparison.json"), results)
+
+
 class EvaluationTask(_EvaluationTask):
     """The whole chain for one config: every evaluation output plus summary.json and summary.md."""
 
+    compare = ComparisonTask.compare
+
     def requires(self):
         return {"inference": InferenceTask.req(self), "roc": ROCCurveTask.req(self),
-                "working_points": WorkingPointTask.req(self), "training": self.training()}
+                "working_points": WorkingPointTask.req(self), "training": self.training(),
+                "scores": ScoreDistributionTask.req(self), "features": FeatureDistributionTask.req(self),
+                "comparison": ComparisonTask.req(self)}
 
     def output(self):
         return {"json": self.local_target("summary.json"), "md": self.local_target("summary.md")}
@@ -118,8 +235,11 @@ class EvaluationTask(_EvaluationTask):
         aucs = read_json(inputs["roc"].local_path("aucs.json"))
         points = read_json(inputs["working_points"].local_path("working_points.json"))
         history = read_json(self.training().local_path("history.json"))
+        comparison = read_json(inputs["comparison"].local_path("comparison.json"))
+        confusion = read_json(inputs["scores"].local_path("confusion.json"))
+        plot_history(history, self.local_path("plots"))
         summary = {"config": self.config, "model": self.training().model(), "auc": aucs["auc"],
-                   "notes": aucs["notes"],
+                   "notes": aucs["notes"], "comparison_auc": comparison, "confusion": confusion,
                    "working_points": [{k: row[k] for k in ("discriminator", "working_point", "target_misid",
                                                            "threshold", "efficiency", "misid")} for row in points],
                    "epochs_trained": len(history), "final_val_loss": history[-1].get("val_loss")}
@@ -134,6 +254,19 @@ class EvaluationTask(_EvaluationTask):
         for row in summary["working_points"]:
             lines.append(f"| {row['discriminator']} | {row['working_point']} | {row['target_misid']:g} | "
                          f"{row['threshold']:.4f} | {row['efficiency']:.4f} | {row['misid']:.5f} |")
+        if any(len(per) > 1 for per in comparison.values()):
+            labels = list(next(per for per in comparison.values() if len(per) > 1))
+            lines += ["", "## Comparison (AUC, all jets)", "", "| discriminator | " + " | ".join(labels) + " |",
+                      "|---|" + "---|" * len(labels)]
+            for name, per in comparison.items():
+                lines.append(f"| {name} | " + " | ".join(f"{per[k]:.4f}" if k in per else "" for k in labels) + " |")
+        lines += ["", "## Confusion (fraction of each true class, by highest score)", "",
+                  "| true \\ predicted | " + " | ".join(confusion["classes"]) + " |",
+                  "|---|" + "---|" * len(confusion["classes"])]
+        for cls, row in zip(confusion["classes"], confusion["matrix"]):
+            lines.append(f"| {cls} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        lines += ["", f"Training: {len(history)} epochs, final validation loss "
+                  f"{history[-1].get('val_loss', float('nan')):.4f} (plots/loss.png)."]
         temporary = self.local_path(".summary.md.tmp")
         temporary.write_text("\n".join(lines) + "\n")
         temporary.replace(self.local_path("summary.md"))

@@ -9,13 +9,14 @@ from sklearn.metrics import roc_auc_score
 
 from bhive.discriminators import discriminator
 from models import inference
-from tasks.evaluation import EvaluationTask, InferenceTask, ROCCurveTask, WorkingPointTask
+from tasks.evaluation import (ComparisonTask, EvaluationTask, FeatureDistributionTask, InferenceTask,
+                              ROCCurveTask, ScoreDistributionTask, WorkingPointTask)
 from tests.test_training_tasks import configure
 
 
 def test_evaluation_chain(tmp_path, monkeypatch, store):
     configure(tmp_path, monkeypatch)
-    task = EvaluationTask(config="unit", version="v1", model_name="DNN")
+    task = EvaluationTask(config="unit", version="v1", model_name="DNN", compare="v1/GradientBoosting")
     assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
 
     scored = InferenceTask.req(task).local_path()
@@ -46,3 +47,22 @@ def test_evaluation_chain(tmp_path, monkeypatch, store):
     summary = json.loads(task.local_path("summary.json").read_text())
     assert summary["auc"]["BvsL"]["all"] == aucs["BvsL"]["all"]
     assert "| BvsL | loose |" in task.local_path("summary.md").read_text()
+
+    # comparison: this training, the other training and the reference tagger of the inputs
+    comparison = json.loads(ComparisonTask.req(task).local_path("comparison.json").read_text())
+    assert set(comparison["BvsL"]) == {"DNN (v1)", "GradientBoosting (v1)", "OldTagger (reference)"}
+    reference_auc = roc_auc_score(arrays["label"][used] == 0, arrays["extras"][used, 0])
+    assert comparison["BvsL"]["OldTagger (reference)"] == np.float64(reference_auc).item()
+    assert (ComparisonTask.req(task).local_path("roc") / "BvsL.png").exists()
+
+    # confusion matrix rows are fractions of each true class, equal to a hand count
+    confusion = json.loads(ScoreDistributionTask.req(task).local_path("confusion.json").read_text())
+    predicted = arrays["scores"].argmax(axis=1)
+    for true_class in range(3):
+        chosen = arrays["label"] == true_class
+        expected = np.bincount(predicted[chosen], minlength=3) / chosen.sum()
+        np.testing.assert_allclose(confusion["matrix"][true_class], expected)
+    features = FeatureDistributionTask.req(task).local_path()
+    assert (features / "cpf_weighted.png").exists() and (features / "global_unweighted.npz").exists()
+    assert "## Comparison" in task.local_path("summary.md").read_text()
+    assert (task.local_path("plots") / "loss.pdf").exists()
