@@ -84,6 +84,7 @@ _TOP_LEVEL_KEYS = (
     "classes",
     "discriminators",
     "reference_taggers",
+    "working_points",
     "model_settings",
     "processor",
     "dataloader",
@@ -273,6 +274,7 @@ class Config:
     classes: dict[str, tuple[str, ...]]
     discriminators: dict[str, Discriminator]
     reference_taggers: dict[str, dict[str, str]]
+    working_points: dict[str, dict[str, float]]
     model_settings: dict[str, dict[str, Any]]
     processor: str
     dataloader: str
@@ -1130,6 +1132,23 @@ def _read_reference_taggers(r: _Reader, raw: dict, discriminator_names: tuple[st
     return taggers
 
 
+def _read_working_points(r: _Reader, raw: dict, discriminator_names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """``discriminator: {working point: target mis-identification rate}``."""
+    points_raw = r.mapping(raw, "working_points", (), default={})
+    path = ("working_points",)
+    points = {}
+    for name in points_raw:
+        if discriminator_names and name not in discriminator_names:
+            raise r.error(path + (name,), f"unknown discriminator {name!r}"
+                                          f"{_suggest(name, discriminator_names, 'Discriminators')}")
+        targets = r.mapping(points_raw, name, path)
+        points[name] = {wp: r.number(targets, wp, path + (name,), allowed="a mis-identification rate 0 < x < 1",
+                                     valid=lambda x: 0 < x < 1) for wp in targets}
+        if not points[name]:
+            raise r.error(path + (name,), "empty mapping; give at least one name: target pair, e.g. medium: 0.01")
+    return points
+
+
 def _read_model_settings(r: _Reader, raw: dict) -> dict[str, dict[str, Any]]:
     """``ModelName: {hyperparameter: value}``, handed to the model's constructor."""
     settings_raw = r.mapping(raw, "model_settings", (), default={})
@@ -1212,6 +1231,7 @@ def _validate(r: _Reader, name: str, path: Path, raw: dict) -> Config:
         classes=classes,
         discriminators=discriminators,
         reference_taggers=reference_taggers,
+        working_points=_read_working_points(r, raw, tuple(discriminators)),
         model_settings=_read_model_settings(r, raw),
         processor=r.string(raw, "processor", ()),
         dataloader=r.string(raw, "dataloader", ()),

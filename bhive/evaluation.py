@@ -31,20 +31,23 @@ def discriminators_for(configured: Mapping, classes: Sequence[str]) -> dict[str,
 
 
 def selections(arrays: Mapping[str, np.ndarray], info: Mapping, processes: Sequence) -> dict[str, np.ndarray]:
-    """'all jets', each process, and each process with its configured evaluation cuts."""
+    """'all jets', each process of the scored dataset, and each process with the evaluation
+    cuts the config gives it (matched by process name)."""
     kinematics = arrays["kinematics"]
+    cuts_by_name = {p.name: p.cuts for p in processes}
     masks = {"all": np.ones(len(arrays["label"]), dtype=bool)}
-    for index, process in enumerate(processes):
+    for index, name in enumerate(info["processes"]):
         in_process = arrays["process"] == index
         if not in_process.any():
             continue
-        masks[process.name] = in_process
-        if process.cuts:
+        masks[name] = in_process
+        cuts = cuts_by_name.get(name)
+        if cuts:
             cut = in_process.copy()
-            for key, (low, high) in process.cuts.items():
+            for key, (low, high) in cuts.items():
                 values = {"pt": kinematics[:, 0], "eta": kinematics[:, 1], "abs_eta": np.abs(kinematics[:, 1])}[key]
                 cut &= (values >= low) & (values < high)
-            masks[f"{process.name} ({', '.join(f'{k} {lo:g}-{hi:g}' for k, (lo, hi) in process.cuts.items())})"] = cut
+            masks[f"{name} ({', '.join(f'{k} {lo:g}-{hi:g}' for k, (lo, hi) in cuts.items())})"] = cut
     return masks
 
 

@@ -11,7 +11,7 @@ from bhive import dataset
 from bhive.config import Config
 from bhive.store import atomic_write_json
 from dataloaders.base import LoaderSettings, dataloader_class, label_map
-from models.base import load_model
+from models.base import ModelError, load_model
 
 ARRAYS = ("scores", "truth", "label", "kinematics", "process", "extras", "weight")
 INFO = "info.json"
@@ -22,6 +22,11 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
     """Scores of every jet of ``dataset_dir`` in stored order, with what evaluation needs."""
     model = load_model(model_dir)
     meta = dataset.load_meta(dataset_dir)
+    for group in type(model).used_groups(model.spec):
+        expected, found = list(model.spec.features[group]), list(meta["features"].get(group, []))
+        if expected != found:
+            raise ModelError(f"the model was trained on {group} features {expected}, but {dataset_dir} has "
+                             f"{found}; score a dataset built with the same features")
     loader = dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
                                               LoaderSettings(batch_size=batch_size, validation_fraction=0.0))
     scores = model.predict(loader.inference_batches()).astype(np.float32)

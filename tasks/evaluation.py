@@ -24,6 +24,8 @@ class InferenceTask(DatasetVersionTask):
 
     training_version = TrainingTask.training_version
     test_dataset_version = luigi.Parameter(default=law.NO_STR, description="test dataset version; default: --version")
+    test_config = luigi.Parameter(default="", description="score the test dataset of this config instead "
+                                  "(it must have the same features); default: --config")
     model_name = TrainingTask.model_name
 
     def training(self) -> TrainingTask:
@@ -31,11 +33,15 @@ class InferenceTask(DatasetVersionTask):
 
     def store_parts(self) -> tuple[str, ...]:
         training = self.training()
-        return (*super().store_parts(), self.test_dataset_version, training.training_version, training.model())
+        test = self.test_dataset_version
+        if self.test_config and self.test_config != self.config:
+            test = f"{self.test_config}-{test}"
+        return (*super().store_parts(), test, training.training_version, training.model())
 
     def requires(self):
         return {"training": self.training(),
-                "test": DatasetConstructionTask.req(self, split="test", dataset_version=self.test_dataset_version)}
+                "test": DatasetConstructionTask.req(self, config=self.test_config or self.config, split="test",
+                                                    dataset_version=self.test_dataset_version)}
 
     def output(self):
         return {"info": self.local_target(inference.INFO), "root": self.local_target(inference.ROOT_FILE)}
@@ -80,7 +86,8 @@ class ROCCurveTask(_EvaluationTask):
 
 
 class WorkingPointTask(_EvaluationTask):
-    """Loose/medium/tight thresholds of b-tagging discriminators with efficiency vs pt and eta."""
+    """Thresholds at the config's `working_points` targets (default: loose/medium/tight at
+    10%/1%/0.1% mis-id for BvsL, BvsAll, CvsL) with efficiency and mis-id vs pt and eta."""
 
     def output(self):
         return {"json": self.local_target("working_points.json"), "csv": self.local_target("working_points.csv")}
@@ -89,10 +96,13 @@ class WorkingPointTask(_EvaluationTask):
         predictions = self.predictions()
         arrays, info = predictions["arrays"], predictions["info"]
         rows = []
-        for name, (signal, background) in self.discriminators(info).items():
-            if name in ("BvsL", "BvsAll", "CvsL"):
+        discriminators = self.discriminators(info)
+        configured = self.cfg.working_points or {name: evaluation.WORKING_POINTS for name in ("BvsL", "BvsAll", "CvsL")}
+        for name, targets in configured.items():
+            if name in discriminators:
+                signal, background = discriminators[name]
                 rows += evaluation.working_point_table(arrays, info, name, signal, background, self.cfg.bins_pt,
-                                                       self.cfg.bins_eta, self.local_path("plots"))
+                                                       self.cfg.bins_eta, self.local_path("plots"), targets)
         self.local_path().mkdir(parents=True, exist_ok=True)
         temporary = self.local_path(".working_points.csv.tmp")
         with open(temporary, "w", newline="") as stream:
@@ -172,16 +182,20 @@ class ComparisonTask(_EvaluationTask):
     """This training beside other trainings (--compare "training_version/Model,...") and the
     reference taggers stored in the inputs, per discriminator, with a ratio panel."""
 
-    compare = luigi.Parameter(default="", description="other trainings on the same test dataset, "
-                              "comma-separated training_version/Model, e.g. v1/DNN,v2/ParticleNet")
+    compare = luigi.Parameter(default="", description="other trainings scored on the same test dataset, "
+                              "comma-separated [config:]training_version/Model, e.g. v1/DNN,other_wg:v2/ParticleNet")
 
     def others(self) -> list[InferenceTask]:
+        """The compared trainings, each scoring this task's test dataset."""
         tasks = []
         for spec in filter(None, (s.strip() for s in self.compare.split(","))):
-            version, _, model = spec.partition("/")
+            config, _, training = spec.rpartition(":")
+            version, _, model = training.partition("/")
             if not model:
-                raise ValueError(f"--compare {spec}: write training_version/Model, e.g. v1/DNN")
-            tasks.append(InferenceTask.req(self, training_version=version, model_name=model))
+                raise ValueError(f"--compare {spec}: write [config:]training_version/Model, e.g. v1/DNN or "
+                                 f"offline_ak4:v3/DeepJet")
+            tasks.append(InferenceTask.req(self, config=config or self.config, training_version=version,
+                                           model_name=model, test_config=self.test_config or self.config))
         return tasks
 
     def requires(self):
@@ -194,7 +208,8 @@ class ComparisonTask(_EvaluationTask):
         own = self.predictions()
         entries = {f"{self.training().model()} ({self.training().training_version})": own}
         for task in self.requires()["others"]:
-            entries[f"{task.training().model()} ({task.training().training_version})"] = \
+            prefix = f"{task.config}: " if task.config != self.config else ""
+            entries[f"{prefix}{task.training().model()} ({task.training().training_version})"] = \
                 inference.read_predictions(task.local_path())
         arrays, info = own["arrays"], own["info"]
         results = {}

@@ -66,3 +66,45 @@ def test_evaluation_chain(tmp_path, monkeypatch, store):
     assert (features / "cpf_weighted.png").exists() and (features / "global_unweighted.npz").exists()
     assert "## Comparison" in task.local_path("summary.md").read_text()
     assert (task.local_path("plots") / "loss.pdf").exists()
+
+
+def test_working_points_from_the_config(tmp_path):
+    import pytest
+
+    from bhive.config import ConfigError, load_config
+    from tests.deepntuple_files import unit_config, write_config
+
+    write_config(tmp_path, "wp", unit_config(tmp_path, working_points={"BvsL": {"medium": 0.01, "tight": 0.001}}))
+    assert load_config("wp", config_dir=tmp_path).working_points == {"BvsL": {"medium": 0.01, "tight": 0.001}}
+    write_config(tmp_path, "wp", unit_config(tmp_path, working_points={"BvsL": {"medium": 1.5}}))
+    with pytest.raises(ConfigError, match="working_points.BvsL.medium"):
+        load_config("wp", config_dir=tmp_path)
+    write_config(tmp_path, "wp", unit_config(tmp_path, working_points={"BvsX": {"medium": 0.01}}))
+    with pytest.raises(ConfigError, match="working_points.BvsX"):
+        load_config("wp", config_dir=tmp_path)
+
+
+def test_scoring_another_configs_dataset(tmp_path, monkeypatch, store, caplog):
+    import logging
+
+    from tests.deepntuple_files import unit_config, write_config
+
+    configure(tmp_path, monkeypatch)
+    samples = tmp_path / "samples"
+    write_config(tmp_path / "configs", "other", unit_config(samples, bins_pt=[30.0, 100.0, 1000.0]))
+    task = InferenceTask(config="unit", version="v1", model_name="DNN", test_config="other")
+    assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+    assert task.local_path().parts[-3] == "other-v1"
+    assert inference.read_predictions(task.local_path())["info"]["dataset"].count("/other/") == 1
+
+    # a training of the other config, compared on this config's test jets
+    comparison = ComparisonTask(config="unit", version="v1", model_name="DNN", compare="other:v1/DNN")
+    assert luigi.build([comparison], local_scheduler=True, workers=1, log_level="WARNING")
+    result = json.loads(comparison.local_path("comparison.json").read_text())
+    assert set(result["BvsL"]) == {"DNN (v1)", "other: DNN (v1)", "OldTagger (reference)"}
+
+    write_config(tmp_path / "configs", "fewer", unit_config(samples, global_features=["jet_pt", "jet_eta"]))
+    mismatch = InferenceTask(config="unit", version="v1", model_name="DNN", test_config="fewer")
+    with caplog.at_level(logging.WARNING):
+        assert not luigi.build([mismatch], local_scheduler=True, workers=1, log_level="WARNING")
+    assert "trained on global features" in caplog.text and not mismatch.complete()
