@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from bhive import dataset
+from bhive.registry import Registry
 
-_LOADERS: dict[str, type[DataLoaderPlugin]] = {}
+LOADERS = Registry("dataloader", "dataloaders", "Set `dataloader:` in the config")
 
 Batch = dict[str, np.ndarray]
 
@@ -66,7 +67,7 @@ class DataLoaderPlugin(ABC):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if not inspect.isabstract(cls):
-            _LOADERS[cls.__name__] = cls
+            LOADERS.add(cls)
 
     def __init__(self, directory: Path, groups: Sequence[str], classes: Mapping[str, Sequence[str]],
                  settings: LoaderSettings, validation_directory: Path | None = None) -> None:
@@ -105,10 +106,5 @@ class DataLoaderPlugin(ABC):
 
 
 def dataloader_class(name: str) -> type[DataLoaderPlugin]:
-    import dataloaders  # noqa: F401  (registers the shipped loaders)
-
-    try:
-        return _LOADERS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataloader '{name}'; known: {', '.join(sorted(_LOADERS))}. "
-                         f"Set `dataloader:` in the config") from None
+    """The registered dataloader called ``name``; an unknown name lists the known ones."""
+    return LOADERS.get(name)

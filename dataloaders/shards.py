@@ -30,6 +30,7 @@ class ShardDataLoader(DataLoaderPlugin):
         super().__init__(*args, **kwargs)
         self._arrays = [name for g in self.groups for name in ((g,) if g == "global" else (g, f"mask_{g}"))]
         self._train_ranges, self._validation_ranges = self._split()
+        self._open_shards: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
     # -- splitting ---------------------------------------------------------------------
 
@@ -66,14 +67,31 @@ class ShardDataLoader(DataLoaderPlugin):
         return [(directory, name, begin, min(begin + size, stop))
                 for directory, name, start, stop in ranges for begin in range(start, stop, size)]
 
-    def _read(self, directory, name, start, stop) -> Batch:
-        shard = dataset.open_shard(directory, name)
-        batch = {key: np.asarray(shard[key][start:stop]) for key in self._arrays}
-        labels = self.class_of_label[shard["truth"][start:stop]]
-        batch["label"] = labels
-        batch["weight"] = np.asarray(shard["weight"][start:stop], dtype=np.float32)
-        keep = labels >= 0
-        return batch if keep.all() else {k: v[keep] for k, v in batch.items()}
+    def _views(self, directory, name, start, stop) -> Batch:
+        """Memory-mapped rows of one block (no copy yet), with labels and weights."""
+        shard = self._shard(directory, name)
+        batch = {key: shard[key][start:stop] for key in self._arrays}
+        batch["label"] = self.class_of_label[shard["truth"][start:stop]]
+        batch["weight"] = shard["weight"][start:stop]
+        return batch
+
+    def __getstate__(self):
+        # worker processes open their own memory maps instead of receiving copies of them
+        return {**self.__dict__, "_open_shards": {}}
+
+    def _shard(self, directory, name) -> dict[str, np.ndarray]:
+        key = (str(directory), name)
+        if key not in self._open_shards:
+            self._open_shards[key] = dataset.open_shard(directory, name)
+        return self._open_shards[key]
+
+    def _read(self, directory, name, start, stop, order: np.ndarray | None = None) -> Batch:
+        """The rows of one block in ``order`` (default: stored order), jets outside every class
+        dropped; one gather per array straight from the memory map."""
+        views = self._views(directory, name, start, stop)
+        order = np.arange(stop - start) if order is None else order
+        order = order[views["label"][order] >= 0]
+        return {key: np.asarray(values[order]) for key, values in views.items()}
 
     def _batches(self, rows: Iterator[Batch], drop_last: bool) -> Iterator[Batch]:
         """Re-cut a stream of row blocks into batches of exactly batch_size (the last may be short)."""
@@ -104,12 +122,12 @@ class ShardDataLoader(DataLoaderPlugin):
         def rows():
             for position in order[worker::n_workers]:
                 rng = np.random.default_rng([seed, epoch, int(position)])
-                block = self._read(*blocks[position])
-                shuffled = rng.permutation(len(block["label"]))
+                directory, name, start, stop = blocks[position]
+                shuffled = rng.permutation(stop - start)
                 if self.settings.sampling == "stochastic":
-                    accepted = rng.random(len(shuffled)) < block["weight"][shuffled]
-                    shuffled = shuffled[accepted]
-                yield {k: v[shuffled] for k, v in block.items()}
+                    weight = self._views(directory, name, start, stop)["weight"]
+                    shuffled = shuffled[rng.random(len(shuffled)) < weight[shuffled]]
+                yield self._read(directory, name, start, stop, shuffled)
 
         yield from self._batches(rows(), drop_last=False)
 
@@ -120,10 +138,7 @@ class ShardDataLoader(DataLoaderPlugin):
         ranges = [(self.directory, *r) for r in self._shard_ranges(self.meta)]
         size = self.settings.batch_size
         for directory, name, start, stop in ranges:
-            shard = dataset.open_shard(directory, name)
             for begin in range(start, stop, size):
                 end = min(begin + size, stop)
-                batch = {key: np.array(shard[key][begin:end]) for key in self._arrays}
-                batch["label"] = self.class_of_label[shard["truth"][begin:end]]
-                batch["weight"] = np.asarray(shard["weight"][begin:end], dtype=np.float32)
-                yield batch
+                # every jet, also those of no class (label -1): scores must align with the dataset
+                yield {key: np.array(values) for key, values in self._views(directory, name, begin, end).items()}

@@ -23,14 +23,18 @@ from typing import Any
 
 import numpy as np
 
+from bhive.registry import Registry
+
 GROUPS = ("global", "cpf", "npf", "vtx")
 MODEL_FILE = "model.json"
 
-_MODELS: dict[str, type[Model]] = {}
 
 
 class ModelError(ValueError):
     """A model that cannot be built, trained or loaded as asked."""
+
+
+MODELS = Registry("model", "models", "Set `model:` in the config or pass --model-name", error=ModelError)
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ class Model(ABC):
         super().__init_subclass__(**kwargs)
         # bases that are complete classes but not models of their own say `registered = False`
         if not inspect.isabstract(cls) and cls.__dict__.get("registered", True):
-            _MODELS[cls.__name__] = cls
+            MODELS.add(cls)
 
     @classmethod
     def used_groups(cls, spec: InputSpec) -> tuple[str, ...]:
@@ -159,13 +163,7 @@ class Model(ABC):
 
 def model_class(name: str) -> type[Model]:
     """The registered model called ``name``; an unknown name lists the known ones."""
-    import models  # noqa: F401  (importing the package registers the shipped models)
-
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ModelError(f"unknown model '{name}'; known models: {', '.join(sorted(_MODELS))}. "
-                         f"Set `model:` in the config or pass --model-name") from None
+    return MODELS.get(name)
 
 
 def write_description(directory: Path, model: Model, details: Mapping[str, Any]) -> None:

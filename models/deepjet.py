@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from models.base import InputSpec
+from models.layers import dense_head
 from models.torch_model import TorchModel
 
 PUBLISHED = {
@@ -58,13 +59,7 @@ class DeepJet(TorchModel):
             branches[group] = _CandidateBranch(spec.n_features(group), filters, lstm, dropout)
             width += lstm
         self.branches = nn.ModuleDict(branches)
-        layers = []
-        for size in dense:
-            size = max(1, round(size * width_scale))
-            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, spec.n_classes))
-        self.head = nn.Sequential(*layers)
+        self.head = dense_head(width, [max(1, round(size * width_scale)) for size in dense], spec.n_classes, dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [batch["global"]]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from models.base import InputSpec
+from models.layers import dense_head
 from models.torch_model import TorchModel
 
 
@@ -16,12 +16,7 @@ class DNN(TorchModel):
 
     def __init__(self, spec: InputSpec, hidden: tuple[int, ...] = (256, 128, 64), dropout: float = 0.1) -> None:
         super().__init__(spec)
-        layers, width = [], spec.n_features("global")
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, spec.n_classes))
-        self.network = nn.Sequential(*layers)
+        self.network = dense_head(spec.n_features("global"), hidden, spec.n_classes, dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.network(batch["global"])

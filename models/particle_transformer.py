@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import InputSpec, ModelError
+from models.layers import dense_head
 from models.torch_model import TorchModel
 
 FOUR_VECTOR_KEYS = ("pt", "eta", "phi", "energy")
@@ -218,12 +219,7 @@ class ParticleTransformer(TorchModel):
         self.norm = nn.LayerNorm(width)
         if "global" in self.groups:
             width += spec.n_features("global")
-        layers = []
-        for size in fc:
-            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, spec.n_classes))
-        self.head = nn.Sequential(*layers)
+        self.head = dense_head(width, fc, spec.n_classes, dropout)
 
     def _attention_bias(self, batch: dict[str, torch.Tensor], n_tokens: int) -> torch.Tensor:
         """Per-head bias (B, H, T, T): from the charged-candidate pairs, zero for other tokens."""

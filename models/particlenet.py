@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from models.base import InputSpec, ModelError
+from models.layers import dense_head
 from models.torch_model import TorchModel
 
 CANDIDATE_GROUPS = ("cpf", "npf", "vtx")
@@ -180,12 +181,7 @@ class ParticleNet(TorchModel):
         width += embed_channels * len(self.pooled_groups)
         if "global" in self.groups:
             width += spec.n_features("global")
-        layers = []
-        for size in fc:
-            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, spec.n_classes))
-        self.head = nn.Sequential(*layers)
+        self.head = dense_head(width, fc, spec.n_classes, dropout)
 
     def _points(self, batch: dict[str, torch.Tensor], group: str) -> torch.Tensor:
         return torch.stack([self.raw_column(batch, group, name) for name in self.coordinates[group]], dim=1)

@@ -21,12 +21,15 @@ from coffea import processor
 
 from bhive import expressions, pieces, reweighting
 from bhive.config import Config
+from bhive.registry import Registry
 from bhive.truth import truth_index
 
 #: name of each candidate group's array and its mask in a dataset
 GROUP_ARRAYS = {"cpf": ("cpf", "mask_cpf"), "npf": ("npf", "mask_npf"), "vtx": ("vtx", "mask_vtx")}
 
-_PROCESSORS: dict[str, type[JetProcessor]] = {}
+
+
+PROCESSORS = Registry("processor", "processors", "Set `processor:` in the config")
 
 
 class ProcessorError(ValueError):
@@ -51,7 +54,7 @@ class JetProcessor(processor.ProcessorABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _PROCESSORS[cls.__name__] = cls
+        PROCESSORS.add(cls)
 
     def __init__(self, cfg: Config, piece_directory: str | Path, file_processes: dict[str, int]) -> None:
         self.cfg = cfg
@@ -211,10 +214,4 @@ def _scalar(columns: dict, name: str, source: str) -> np.ndarray:
 
 def processor_class(name: str) -> type[JetProcessor]:
     """The registered processor class called ``name``; an unknown name lists the known ones."""
-    import processors  # noqa: F401  (importing the package registers the shipped processors)
-
-    try:
-        return _PROCESSORS[name]
-    except KeyError:
-        raise ValueError(f"unknown processor '{name}'; known processors: {', '.join(sorted(_PROCESSORS))}. "
-                         f"Set `processor:` in the config") from None
+    return PROCESSORS.get(name)
