@@ -52,15 +52,16 @@ class ExecutorSettings:
             raise ValueError("chunk size and number of processes must be at least 1")
 
 
-def identity(cfg: Config, split: str, seed: int, files: Sequence[str], histograms_from: str | None) -> dict:
-    """Everything that changes a dataset's content."""
+def identity(cfg: Config, split: str, seed: int, inputs_identity, chunk_size: int) -> dict:
+    """Everything that changes the pieces of a dataset; ``inputs_identity`` identifies the
+    input files (their hash, or the identity of the simulated sample they come from)."""
     return {
         "kind": "dataset",
         "config": cfg.section_hash(*DATASET_SECTIONS),
-        "input_files": inputs.file_list_hash(files),
+        "inputs": inputs_identity,
         "split": split,
         "seed": seed,
-        "histograms_from": histograms_from,
+        "chunk_size": chunk_size,
     }
 
 

@@ -65,14 +65,7 @@ class DatasetTask(DatasetVersionTask):
         return inputs.file_list_hash(self.input_files())
 
     def dataset_identity(self) -> dict:
-        return {
-            "kind": "dataset",
-            "config": self.cfg.section_hash(*construction.DATASET_SECTIONS),
-            "inputs": self.inputs_identity(),
-            "split": self.split,
-            "seed": self.seed,
-            "chunk_size": self.chunk_size,
-        }
+        return construction.identity(self.cfg, self.split, self.seed, self.inputs_identity(), self.chunk_size)
 
     def executor_settings(self) -> construction.ExecutorSettings:
         return construction.ExecutorSettings(executor=self.executor, processes=self.processes,

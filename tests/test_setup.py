@@ -97,16 +97,20 @@ def environment_ready() -> None:
     assert result.returncode == 0, f"sourcing setup.sh failed\n{describe(result)}"
 
 
+def assert_default_environment(env: dict[str, str]) -> None:
+    """The variables setup.sh exports when the caller set none of them."""
+    assert env["BHIVE_REPO"] == str(REPO)
+    assert env["BHIVE_STORE"] == str(REPO / "store")
+    assert env["LAW_HOME"] == str(REPO / ".law")
+    assert env["LAW_CONFIG_FILE"] == str(REPO / "law.cfg")
+
+
 def test_setup_exports_paths_and_installs_the_packages(environment_ready: None) -> None:
     result = source_setup(
         "bash", "env && python -c 'import bhive, tasks, models, dataloaders, processors'"
     )
     assert result.returncode == 0, describe(result)
-    env = parse_env_output(result.stdout)
-    assert env["BHIVE_REPO"] == str(REPO)
-    assert env["BHIVE_STORE"] == str(REPO / "store")
-    assert env["LAW_HOME"] == str(REPO / ".law")
-    assert env["LAW_CONFIG_FILE"] == str(REPO / "law.cfg")
+    assert_default_environment(parse_env_output(result.stdout))
     assert f"b-hive: store {REPO / 'store'}" in result.stdout
 
 
@@ -159,11 +163,7 @@ def test_zsh_gets_the_same_environment(environment_ready: None) -> None:
         before="set -u",
     )
     assert result.returncode == 0, describe(result)
-    env = parse_env_output(result.stdout)
-    assert env["BHIVE_REPO"] == str(REPO)
-    assert env["BHIVE_STORE"] == str(REPO / "store")
-    assert env["LAW_HOME"] == str(REPO / ".law")
-    assert env["LAW_CONFIG_FILE"] == str(REPO / "law.cfg")
+    assert_default_environment(parse_env_output(result.stdout))
 
 
 def test_law_completion_is_enabled_in_interactive_shells(environment_ready: None) -> None:

@@ -21,7 +21,7 @@ from bhive.store import (IDENTITY_FILE, atomic_write_json, code_version, differi
 if TYPE_CHECKING:
     from bhive.config import Config
 
-__all__ = ["SPLITS", "MANIFEST", "identity", "produce", "sample_files"]
+__all__ = ["SPLITS", "MANIFEST", "identity", "produce"]
 
 MANIFEST = "manifest.json"
 _RECORD_SUFFIX = ".json"
@@ -95,12 +95,3 @@ def produce(cfg: Config, split: str, seed: int, directory: Path, expected_identi
     }
     atomic_write_json(directory / MANIFEST, manifest)
     return manifest
-
-
-def sample_files(manifest_path: Path) -> dict[str, list[Path]]:
-    """The ROOT files of a finished sample, per process, from its manifest."""
-    manifest = read_json(manifest_path)
-    files: dict[str, list[Path]] = {}
-    for entry in manifest["files"]:
-        files.setdefault(entry["process"], []).append(manifest_path.parent / entry["file"])
-    return files
