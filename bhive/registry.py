@@ -17,6 +17,11 @@ class Registry:
     def add(self, cls: type) -> None:
         self._classes[cls.__name__] = cls
 
+    def names(self) -> tuple[str, ...]:
+        """Every registered name, the shipped plugins included."""
+        importlib.import_module(self.package)
+        return tuple(sorted(self._classes))
+
     def get(self, name: str) -> type:
         importlib.import_module(self.package)
         try:

@@ -10,9 +10,15 @@ dropout 0.1), two class-attention blocks with a class token, LayerNorm and a lin
 
 The four-vector columns of the charged candidates are named in the config
 (``model_settings: {ParticleTransformer: {four_vector: {pt: ..., eta: ..., phi: ...,
-energy: ...}}}``) and read in their original units. Without ``energy`` the candidates are
-taken as massless, the right choice when eta and phi are relative to the jet axis (pair
-masses then only depend on differences in eta and phi).
+mass: ...}}}``) and read in their original units. ``mass`` (or, failing that, ``energy``) is
+optional: without either the candidates are taken as massless, the right choice when eta and
+phi are relative to the jet axis (pair masses then only depend on differences in eta and
+phi). A mass column is preferred over energy: a mass derived from float32 energy and momentum
+is rounding noise for light, energetic candidates, so such pair masses are floored at their
+resolution.
+
+The pair features are computed without cancellations (see :func:`pair_features`), so that
+they, and with them the exported ONNX graph, agree between PyTorch and other runtimes.
 
 Secondary vertices and neutral candidates, when the dataset has them, are extra tokens with
 their own embedding; their pairs get no bias. Global features join the class token's output
@@ -32,42 +38,81 @@ from models.base import InputSpec, ModelError
 from models.layers import dense_head
 from models.torch_model import TorchModel
 
-FOUR_VECTOR_KEYS = ("pt", "eta", "phi", "energy")
+FOUR_VECTOR_KEYS = ("pt", "eta", "phi", "energy", "mass")
 N_PAIR_FEATURES = 4
 # Floor inside the logarithms of the pair features: keeps coincident or padded candidates finite.
 EPSILON = 1e-8
+# A candidate mass derived from float32 energy and momentum is uncertain by up to about 7e-7 E^2
+# (E^2 - p^2 rounds), so pair masses below this fraction of (E_a + E_b)^2 (m < 1% of the pair's
+# energy) are floored there: the logarithm of rounding noise would differ between runtimes.
+ENERGY_MASS_RESOLUTION = 1e-4
 
 
-def pair_features(pt: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor, energy: torch.Tensor | None,
-                  mask: torch.Tensor) -> torch.Tensor:
+def _sinh_over_x(x: torch.Tensor) -> torch.Tensor:
+    """sinh(x) / x to float precision for every x, small ones included.
+
+    ONNX export has no sinh, and (exp(x) - exp(-x)) / 2 loses all precision for small x,
+    which is exactly where nearly collinear candidates are: a Taylor series takes over there.
+    """
+    small = x.abs() < 0.5
+    x2 = x * x
+    series = 1 + x2 / 6 * (1 + x2 / 20 * (1 + x2 / 42 * (1 + x2 / 72)))
+    safe = torch.where(small, torch.ones_like(x), x)
+    return torch.where(small, series, (torch.exp(safe) - torch.exp(-safe)) / (2 * safe))
+
+
+def pair_features(pt: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor,
+                  energy: torch.Tensor | None = None, mass: torch.Tensor | None = None) -> torch.Tensor:
     """ln Delta, ln k_T, ln z, ln m^2 of every candidate pair: (B, 4, P, P) from (B, P) inputs.
 
-    Pairs with a padded candidate are zero. ``energy=None`` means massless candidates.
+    Pairs with a padded candidate are zero. Candidates are massless unless ``mass`` or
+    ``energy`` is given. The pair mass is never formed as (E_a + E_b)^2 - |p_a + p_b|^2,
+    whose cancellation turns nearly collinear pairs (and every candidate paired with itself)
+    into rounding noise that differs between PyTorch and ONNX runtimes; it is the sum of
+    non-negative terms m_a^2 + m_b^2 + 2 (mT_a mT_b - pt_a pt_b) + 4 mT_a mT_b sinh^2(dy/2)
+    + 4 pt_a pt_b sin^2(dphi/2).
     """
-    # sinh and cosh spelled out: the ONNX exporter has no translation for them.
-    exp_eta, exp_minus_eta = torch.exp(eta), torch.exp(-eta)
-    px, py, pz = pt * torch.cos(phi), pt * torch.sin(phi), pt * (exp_eta - exp_minus_eta) / 2
-    if energy is None:
-        energy = pt * (exp_eta + exp_minus_eta) / 2
-        rapidity = eta
-    else:
-        rapidity = 0.5 * torch.log(((energy + pz) / (energy - pz).clamp(min=EPSILON)).clamp(min=EPSILON))
-
-    def pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x.unsqueeze(-1), x.unsqueeze(-2)
 
-    def pair_sum(x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(-1) + x.unsqueeze(-2)
+    mass_from_energy = energy is not None and mass is None
+    if energy is None and mass is None:
+        rapidity, mass2, transverse_mass = eta, torch.zeros_like(pt), pt
+    else:
+        pz = pt * eta * _sinh_over_x(eta)
+        if mass is not None:
+            mass2 = mass * mass
+            transverse_mass = torch.sqrt(pt * pt + mass2)
+            energy = torch.sqrt(transverse_mass * transverse_mass + pz * pz)
+        else:
+            momentum = torch.sqrt(pt * pt + pz * pz)
+            mass2 = ((energy - momentum) * (energy + momentum)).clamp(min=0.0)
+            transverse_mass = torch.sqrt(pt * pt + mass2)
+        rapidity = torch.sign(pz) * torch.log(((pz.abs() + energy) / transverse_mass.clamp(min=EPSILON))
+                                              .clamp(min=EPSILON))
 
-    (pt_a, pt_b), (y_a, y_b), (phi_a, phi_b) = pairs(pt), pairs(rapidity), pairs(phi)
-    dphi = torch.remainder(phi_a - phi_b + math.pi, 2 * math.pi) - math.pi
-    delta = torch.sqrt((y_a - y_b).pow(2) + dphi.pow(2))
+    (pt_a, pt_b), (y_a, y_b), (mt_a, mt_b), (m2_a, m2_b) = pair(pt), pair(rapidity), pair(transverse_mass), pair(mass2)
+    dy = y_a - y_b
+    dphi_raw = phi.unsqueeze(-1) - phi.unsqueeze(-2)
+    # exact for |dphi| < pi, where rounding to the nearest multiple of 2 pi gives zero
+    dphi = dphi_raw - 2 * math.pi * torch.round(dphi_raw / (2 * math.pi))
+    delta = torch.sqrt(dy * dy + dphi * dphi)
     pt_min = torch.minimum(pt_a, pt_b)
     ln_delta = torch.log(delta.clamp(min=EPSILON))
     ln_kt = torch.log((pt_min * delta).clamp(min=EPSILON))
     ln_z = torch.log((pt_min / (pt_a + pt_b).clamp(min=EPSILON)).clamp(min=EPSILON))
-    e, x, y, z = (pair_sum(v) for v in (energy, px, py, pz))
-    ln_m2 = torch.log((e.pow(2) - x.pow(2) - y.pow(2) - z.pow(2)).clamp(min=EPSILON))
+
+    # mT_a mT_b - pt_a pt_b without cancellation: (mT_a^2 mT_b^2 - pt_a^2 pt_b^2) / (mT_a mT_b + pt_a pt_b)
+    transverse_excess = (m2_a * pt_b * pt_b + m2_b * pt_a * pt_a + m2_a * m2_b) / \
+        (mt_a * mt_b + pt_a * pt_b).clamp(min=EPSILON)
+    sinh_half_dy = 0.5 * dy * _sinh_over_x(0.5 * dy)
+    sin_half_dphi = torch.sin(0.5 * dphi_raw)
+    m2 = (m2_a + m2_b + 2 * transverse_excess + 4 * mt_a * mt_b * sinh_half_dy * sinh_half_dy
+          + 4 * pt_a * pt_b * sin_half_dphi * sin_half_dphi)
+    if mass_from_energy:
+        e_a, e_b = pair(energy)
+        m2 = torch.maximum(m2, ENERGY_MASS_RESOLUTION * (e_a + e_b) * (e_a + e_b))
+    ln_m2 = torch.log(m2.clamp(min=EPSILON))
 
     valid = (mask.unsqueeze(-1) & mask.unsqueeze(-2)).unsqueeze(1)
     return torch.stack([ln_delta, ln_kt, ln_z, ln_m2], dim=1).masked_fill(~valid, 0.0)
@@ -172,7 +217,7 @@ class ParticleTransformer(TorchModel):
     """Particle Transformer as published (see module docstring); depth and widths are hyperparameters.
 
     Hyperparameters:
-        ``four_vector``: ``{pt, eta, phi[, energy]}`` -> charged-candidate column names (required);
+        ``four_vector``: ``{pt, eta, phi[, mass | energy]}`` -> charged-candidate column names (required);
         ``embed_dims``: widths of the particle embedding MLP (the last is the token width);
         ``pair_embed_dims``: widths of the pair embedding before the per-head output;
         ``num_heads``, ``num_blocks``, ``num_class_blocks``: attention heads and blocks;
@@ -188,17 +233,19 @@ class ParticleTransformer(TorchModel):
                  num_heads: int = 8, num_blocks: int = 8, num_class_blocks: int = 2, ffn_ratio: int = 4,
                  dropout: float = 0.1, fc: Sequence[int] = ()) -> None:
         super().__init__(spec)
-        example = "{pt: pfcand_pt, eta: pfcand_eta, phi: pfcand_phi, energy: pfcand_energy}"
+        example = "{pt: pfcand_pt, eta: pfcand_eta, phi: pfcand_phi, mass: pfcand_mass}"
         if not four_vector:
             raise ModelError(f"ParticleTransformer needs the hyperparameter 'four_vector': the charged-candidate "
                              f"columns of the pair features, e.g. `model_settings: {{ParticleTransformer: "
-                             f"{{four_vector: {example}}}}}` in the config (energy may be left out: massless)")
+                             f"{{four_vector: {example}}}}}` in the config (mass may be left out: massless)")
         unknown = sorted(set(four_vector) - set(FOUR_VECTOR_KEYS))
         missing = [key for key in FOUR_VECTOR_KEYS[:3] if key not in four_vector]
         if unknown or missing:
             raise ModelError(f"ParticleTransformer's 'four_vector' needs the keys pt, eta, phi (and optionally "
-                             f"energy); missing: {', '.join(missing) or 'none'}, "
+                             f"mass or energy); missing: {', '.join(missing) or 'none'}, "
                              f"unknown: {', '.join(unknown) or 'none'}")
+        if {"mass", "energy"} <= set(four_vector):
+            raise ModelError("ParticleTransformer's 'four_vector' takes mass or energy, not both; keep mass")
         for name in four_vector.values():
             spec.column("cpf", name)  # a clear error naming the column when the dataset lacks it
         self.four_vector = dict(four_vector)
@@ -225,11 +272,11 @@ class ParticleTransformer(TorchModel):
         """Per-head bias (B, H, T, T): from the charged-candidate pairs, zero for other tokens."""
         with torch.no_grad():
             kinematics = {key: self.raw_column(batch, "cpf", name).float() for key, name in self.four_vector.items()}
-            features = pair_features(kinematics["pt"], kinematics["eta"], kinematics["phi"],
-                                     kinematics.get("energy"), batch["mask_cpf"].bool())
+            features = pair_features(kinematics["pt"], kinematics["eta"], kinematics["phi"], batch["mask_cpf"].bool(),
+                                     energy=kinematics.get("energy"), mass=kinematics.get("mass"))
         bias = self.pair_embedding(features)
         extra = n_tokens - features.shape[-1]
-        return F.pad(bias, (0, extra, 0, extra)) if extra else bias
+        return F.pad(bias, (0, extra, 0, extra))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = torch.cat([self.embeddings[g](batch[g]) for g in self.token_groups], dim=1)

@@ -46,8 +46,15 @@ class ExportTask(DatasetVersionTask):
         loader = dataloader_class(self.cfg.dataloader)(
             test_dir, model.groups, self.cfg.classes, LoaderSettings(batch_size=self.n_check_jets))
         batch = next(iter(loader.inference_batches()))
-        check = export_onnx(model, self.local_path("model.onnx"), batch, self.tolerance)
-        atomic_write_json(self.local_path("onnx_check.json"), check)
+        # a model that fails the check is kept for inspection under names that never make the
+        # task complete; the accepted one is renamed into place last
+        candidate = self.local_path("model.rejected.onnx")
+        check = export_onnx(model, candidate, batch, self.tolerance)
         if not check["passed"]:
-            raise ModelError(f"onnxruntime differs from PyTorch by {check['max_abs_difference']:.2e} "
-                             f"(> {self.tolerance:.0e}); the ONNX file is kept for inspection")
+            atomic_write_json(self.local_path("onnx_check.rejected.json"), check)
+            raise ModelError(f"{check['model']}: onnxruntime differs from PyTorch by "
+                             f"{check['max_abs_difference']:.2e} (> {self.tolerance:.0e}; by batch size: "
+                             f"{check['max_abs_difference_by_batch_size']}); the ONNX file is kept for "
+                             f"inspection as {candidate}")
+        atomic_write_json(self.local_path("onnx_check.json"), check)
+        candidate.replace(self.local_path("model.onnx"))

@@ -239,23 +239,52 @@ def test_particle_transformer_needs_its_four_vector():
         ParticleTransformer(spec, four_vector={"pt": "pfcand_pt", "eta": "pfcand_eta"})
 
 
+def paper_pair_features(pt, eta, phi, mass) -> np.ndarray:
+    """ln Delta, ln k_T, ln z, ln m^2 of every pair, straight from the definitions in float64
+    (of the float32 inputs the model sees); a candidate with itself gives -inf or NaN."""
+    pt, eta, phi, mass = (np.asarray(x, dtype=np.float32).astype(np.float64) for x in (pt, eta, phi, mass))
+    energy = np.sqrt((pt * np.cosh(eta)) ** 2 + mass**2)
+    momenta = np.stack([energy, pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], axis=-1)
+    rapidity = 0.5 * np.log((momenta[:, 0] + momenta[:, 3]) / (momenta[:, 0] - momenta[:, 3]))
+    dphi = (phi[:, None] - phi[None, :] + np.pi) % (2 * np.pi) - np.pi
+    delta = np.hypot(rapidity[:, None] - rapidity[None, :], dphi)
+    pt_min = np.minimum(pt[:, None], pt[None, :])
+    total = momenta[:, None] + momenta[None, :]
+    m2 = total[..., 0] ** 2 - (total[..., 1:] ** 2).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+            return np.stack([np.log(delta), np.log(pt_min * delta), np.log(pt_min / (pt[:, None] + pt[None, :])),
+                         np.log(m2)])
+
+
 def test_pair_features_match_the_paper_definitions():
-    pt, eta, phi = torch.tensor([[10.0, 30.0]]), torch.tensor([[0.1, -0.2]]), torch.tensor([[3.1, -3.1]])
-    mass = torch.tensor([[0.1, 0.5]])
-    energy = torch.sqrt((pt * torch.cosh(eta)) ** 2 + mass**2)
-    features = pair_features(pt, eta, phi, energy, torch.tensor([[True, True]]))[0, :, 0, 1]
+    pt, eta, phi = [10.0, 30.0, 5.0], [0.1, -0.2, 1.9], [3.1, -3.1, 0.4]  # one pair across phi = +-pi
+    mass = [0.1, 0.5, 1.8]
+    expected = paper_pair_features(pt, eta, phi, mass)
+    off_diagonal = ~np.eye(3, dtype=bool)
+    inputs = [torch.tensor([values]) for values in (pt, eta, phi, mass)]
+    energy = torch.sqrt((inputs[0] * torch.cosh(inputs[1])) ** 2 + inputs[3] ** 2)
+    everything = torch.tensor([[True, True, True]])
+    for features in (pair_features(*inputs[:3], everything, mass=inputs[3]),
+                     pair_features(*inputs[:3], everything, energy=energy)):
+        np.testing.assert_allclose(features[0].numpy()[:, off_diagonal], expected[:, off_diagonal], rtol=1e-4)
 
-    four_momenta = [np.array([e, p * np.cos(f), p * np.sin(f), p * np.sinh(h)], dtype=np.float64)
-                    for p, h, f, e in zip(pt[0].tolist(), eta[0].tolist(), phi[0].tolist(), energy[0].tolist())]
-    rapidity = [0.5 * np.log((v[0] + v[3]) / (v[0] - v[3])) for v in four_momenta]
-    dphi = 2 * np.pi - 6.2  # across the -pi/pi boundary
-    delta = np.hypot(rapidity[0] - rapidity[1], dphi)
-    total = four_momenta[0] + four_momenta[1]
-    expected = [np.log(delta), np.log(10 * delta), np.log(10 / 40), np.log(total[0] ** 2 - total[1:] @ total[1:])]
-    np.testing.assert_allclose(features.numpy(), expected, rtol=1e-4)
+    padded = pair_features(*inputs[:3], torch.tensor([[True, False, True]]), mass=inputs[3])
+    assert torch.equal(padded[0, :, :, 1], torch.zeros(4, 3)) and torch.equal(padded[0, :, 1, :], torch.zeros(4, 3))
 
-    padded = pair_features(pt, eta, phi, energy, torch.tensor([[True, False]]))
-    assert torch.equal(padded[0, :, :, 1], torch.zeros(4, 2)) and torch.equal(padded[0, :, 1, :], torch.zeros(4, 2))
+
+def test_pair_mass_of_nearly_collinear_candidates_is_exact():
+    """The cancellation in (E_a + E_b)^2 - |p_a + p_b|^2 turned these pairs, and every massless
+    candidate paired with itself, into float32 rounding noise (ln m^2 off by up to 12)."""
+    pt = [250.0, 40.0, 3.0, 120.0]
+    eta = [1.9, 1.9 + 2e-4, -0.7, 1.9 - 5e-4]
+    phi = [0.5, 0.5 + 3e-4, 2.0, 0.5 - 5e-4]
+    expected = paper_pair_features(pt, eta, phi, [0.0] * 4)
+    features = pair_features(*(torch.tensor([values]) for values in (pt, eta, phi)), torch.ones(1, 4, dtype=bool))
+    off_diagonal = ~np.eye(4, dtype=bool)
+    np.testing.assert_allclose(features[0].numpy()[:, off_diagonal], expected[:, off_diagonal], rtol=2e-5, atol=2e-5)
+    # a massless candidate with itself: Delta, k_T and m^2 are exactly zero, floored at the same value
+    diagonal = features[0, :, range(4), range(4)]
+    assert torch.equal(diagonal[[0, 1, 3]], torch.full((3, 4), float(np.log(np.float32(1e-8)))))
 
 
 class _PositionalInputs(torch.nn.Module):

@@ -44,10 +44,20 @@ def test_scikit_learn_model_through_training_task(tmp_path, monkeypatch, store):
 
 def test_torch_model_trains_and_exports_to_onnx(tmp_path, monkeypatch, store):
     configure(tmp_path, monkeypatch)
+    # a check that cannot pass: the export is kept for inspection, but the task is not complete
+    rejected = ExportTask(config="unit", version="v1", model_name="DNN", n_check_jets=256, tolerance=-1.0)
+    assert not build(rejected)
+    assert not rejected.complete()
+    assert not rejected.local_path("model.onnx").exists() and not rejected.local_path("onnx_check.json").exists()
+    assert rejected.local_path("model.rejected.onnx").exists()
+    assert not json.loads(rejected.local_path("onnx_check.rejected.json").read_text())["passed"]
+
     export = ExportTask(config="unit", version="v1", model_name="DNN", n_check_jets=256)
     assert build(export)
     check = json.loads(export.local_path("onnx_check.json").read_text())
     assert check["passed"] and check["n_jets_checked"] == 256 and check["max_abs_difference"] < 1e-4
+    assert set(check["max_abs_difference_by_batch_size"]) == {"1", "7", "256"}
+    assert check["model"] == "DNN"
     assert check["inputs"] == ["global"]
     import onnxruntime
 
