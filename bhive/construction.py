@@ -52,19 +52,6 @@ class ExecutorSettings:
             raise ValueError("chunk size and number of processes must be at least 1")
 
 
-def identity(cfg: Config, split: str, seed: int, inputs_identity, chunk_size: int) -> dict:
-    """Everything that changes the pieces of a dataset; ``inputs_identity`` identifies the
-    input files (their hash, or the identity of the simulated sample they come from)."""
-    return {
-        "kind": "dataset",
-        "config": cfg.section_hash(*DATASET_SECTIONS),
-        "inputs": inputs_identity,
-        "split": split,
-        "seed": seed,
-        "chunk_size": chunk_size,
-    }
-
-
 def check_inputs(cfg: Config, files: Sequence[str], required_branches: set[str]) -> dict[str, int]:
     """Check every file (tree, branches) and assign processes; returns file -> process index."""
     truth_branches = {c.branch for rule in cfg.truths for c in rule.conditions}

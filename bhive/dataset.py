@@ -17,20 +17,18 @@ same pieces and seed give byte-identical shards whatever order the pieces were p
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from bhive import pieces, reweighting
-from bhive.store import atomic_write_json, read_json
+from bhive.store import atomic_directory, atomic_write_json, file_problem, file_record, private_directory, read_json
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
 WEIGHT = "weight"
-_BUCKETS = ".buckets"
+_BUCKETS = "buckets"
 # Streams of the seeded random generators: which shard a piece's jets go to, and the order
 # within a shard.
 _SHARD_ASSIGNMENT, _SHARD_ORDER = 0, 1
@@ -60,63 +58,72 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
                  weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float]) -> list[dict]:
     """Stream ``piece_dirs`` (in the given order) into shuffled shards under ``directory``.
 
-    Returns ``[{"name", "n_jets"}]`` per shard. Existing shards of an interrupted attempt
-    are rewritten; pieces are only read.
+    Returns ``[{"name", "n_jets", "files": {file: {"size", "sha256"}}}]`` per shard. The
+    per-shard buckets live in a scratch directory private to this run and removed however it
+    ends; each shard appears complete or not at all. Pieces are only read.
     """
     infos = [pieces.read_info(d) for d in piece_dirs]
     layout = {name: spec for info in infos for name, spec in info["arrays"].items()}
     total = sum(info["n_jets"] for info in infos)
     n_shards = max(1, math.ceil(total / shard_size))
 
-    buckets = directory / _BUCKETS
-    shutil.rmtree(buckets, ignore_errors=True)
-    buckets.mkdir(parents=True)
-    bucket_sizes = np.zeros(n_shards, dtype=np.int64)
-    for index, (piece_dir, info) in enumerate(zip(piece_dirs, infos)):
-        n = info["n_jets"]
-        if n == 0:
-            continue
-        destination = np.random.default_rng([seed, _SHARD_ASSIGNMENT, index]).integers(n_shards, size=n)
-        order = np.argsort(destination, kind="stable")
-        bounds = np.searchsorted(destination[order], np.arange(n_shards + 1))
-        bucket_sizes += np.diff(bounds)
-        for name in layout:
-            values = pieces.load_array(piece_dir, name)[order]
-            for shard in range(n_shards):
-                if bounds[shard + 1] > bounds[shard]:
-                    with open(buckets / f"{shard}.{name}.bin", "ab") as stream:
-                        stream.write(np.ascontiguousarray(values[bounds[shard]:bounds[shard + 1]]).tobytes())
+    with private_directory(directory, _BUCKETS) as buckets:
+        bucket_sizes = np.zeros(n_shards, dtype=np.int64)
+        for index, (piece_dir, info) in enumerate(zip(piece_dirs, infos)):
+            n = info["n_jets"]
+            if n == 0:
+                continue
+            destination = np.random.default_rng([seed, _SHARD_ASSIGNMENT, index]).integers(n_shards, size=n)
+            order = np.argsort(destination, kind="stable")
+            bounds = np.searchsorted(destination[order], np.arange(n_shards + 1))
+            bucket_sizes += np.diff(bounds)
+            for name in layout:
+                values = pieces.load_array(piece_dir, name)[order]
+                for shard in range(n_shards):
+                    if bounds[shard + 1] > bounds[shard]:
+                        with open(buckets / f"{shard}.{name}.bin", "ab") as stream:
+                            stream.write(np.ascontiguousarray(values[bounds[shard]:bounds[shard + 1]]).tobytes())
 
-    shards = []
-    for shard in range(n_shards):
-        arrays = {}
-        n = bucket_sizes[shard]
-        for name, spec in layout.items():
-            path = buckets / f"{shard}.{name}.bin"
-            dtype = np.dtype(spec["dtype"])
-            flat = np.fromfile(path, dtype=dtype) if path.exists() else np.zeros(0, dtype)
-            arrays[name] = flat.reshape(n, *spec["shape"][1:])
-        permutation = np.random.default_rng([seed, _SHARD_ORDER, shard]).permutation(n)
-        arrays = {name: values[permutation] for name, values in arrays.items()}
-        kinematics = arrays["kinematics"]
-        arrays[WEIGHT] = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], arrays["truth"],
-                                                 bins_pt, bins_eta).astype(np.float32)
-        _write_shard(directory / shard_name(shard), arrays)
-        for name in layout:
-            (buckets / f"{shard}.{name}.bin").unlink(missing_ok=True)
-        shards.append({"name": shard_name(shard), "n_jets": int(n)})
-    shutil.rmtree(buckets)
+        shards = []
+        for shard in range(n_shards):
+            arrays = {}
+            n = bucket_sizes[shard]
+            for name, spec in layout.items():
+                path = buckets / f"{shard}.{name}.bin"
+                dtype = np.dtype(spec["dtype"])
+                flat = np.fromfile(path, dtype=dtype) if path.exists() else np.zeros(0, dtype)
+                arrays[name] = flat.reshape(n, *spec["shape"][1:])
+            permutation = np.random.default_rng([seed, _SHARD_ORDER, shard]).permutation(n)
+            arrays = {name: values[permutation] for name, values in arrays.items()}
+            kinematics = arrays["kinematics"]
+            arrays[WEIGHT] = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], arrays["truth"],
+                                                     bins_pt, bins_eta).astype(np.float32)
+            files = _write_shard(directory / shard_name(shard), arrays)
+            for name in layout:
+                (buckets / f"{shard}.{name}.bin").unlink(missing_ok=True)
+            shards.append({"name": shard_name(shard), "n_jets": int(n), "files": files})
     return shards
 
 
-def _write_shard(directory: Path, arrays: dict[str, np.ndarray]) -> None:
-    temporary = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    for name, values in arrays.items():
-        np.save(temporary / f"{name}.npy", values, allow_pickle=False)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.rename(temporary, directory)
+def _write_shard(directory: Path, arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Write one shard atomically; returns its files with size and sha256."""
+    with atomic_directory(directory) as temporary:
+        for name, values in arrays.items():
+            np.save(temporary / f"{name}.npy", values, allow_pickle=False)
+        return {path.name: file_record(path) for path in sorted(temporary.glob("*.npy"))}
+
+
+def check_shards(directory: Path, verify: bool = False) -> None:
+    """Raise :class:`DatasetError` naming the first shard file that is missing or has another
+    size than ``meta.json`` records (with ``verify``: another sha256)."""
+    meta = load_meta(directory)
+    for shard in meta["shards"]:
+        for name, recorded in shard.get("files", {}).items():
+            path = Path(directory) / shard["name"] / name
+            problem = file_problem(path, recorded, verify)
+            if problem:
+                raise DatasetError(f"dataset file {path} is damaged ({problem}); remove the dataset with "
+                                   f"--remove-output and build it again, or use a new --dataset-version")
 
 
 def write_meta(directory: Path, meta: dict) -> None:
@@ -138,6 +145,13 @@ def open_shard(directory: Path, name: str, mmap: bool = True) -> dict[str, np.nd
     """All arrays of one shard, memory-mapped by default."""
     shard = Path(directory) / name
     if not shard.is_dir():
-        raise DatasetError(f"shard {shard} is missing; the dataset is damaged, rebuild it")
-    return {path.stem: np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-            for path in sorted(shard.glob("*.npy"))}
+        raise DatasetError(f"shard {shard} is missing; the dataset is damaged: remove it with --remove-output "
+                           f"and build it again, or use a new --dataset-version")
+    arrays = {}
+    for path in sorted(shard.glob("*.npy")):
+        try:
+            arrays[path.stem] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise DatasetError(f"dataset file {path} cannot be read ({error}); it is damaged: remove the dataset "
+                               f"with --remove-output and build it again, or use a new --dataset-version") from None
+    return arrays

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from bhive.store import atomic_directory
 
 INFO_FILE = "info.json"
 
@@ -39,27 +38,17 @@ def read_info(directory: Path) -> dict | None:
 
 
 def write_piece(directory: Path, arrays: Mapping[str, np.ndarray], info: dict) -> None:
-    """Write arrays and info to ``directory`` atomically (a temporary directory, then a rename)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    temporary = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.tmp")
-    temporary.mkdir()
-    try:
+    """Write arrays and info to ``directory`` atomically (a temporary directory, then a rename).
+
+    Two workers that process the same chunk write identical pieces; the later rename wins.
+    """
+    with atomic_directory(directory) as temporary:
         shapes = {}
         for name, values in arrays.items():
             np.save(temporary / f"{name}.npy", values, allow_pickle=False)
             shapes[name] = {"shape": list(values.shape), "dtype": values.dtype.str}
         with open(temporary / INFO_FILE, "w") as stream:
             json.dump({**info, "arrays": shapes}, stream, sort_keys=True)
-        try:
-            os.rename(temporary, directory)
-        except OSError:
-            # another worker finished the same chunk first: its piece is identical
-            if read_info(directory) is None:
-                raise
-            shutil.rmtree(temporary)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
 
 
 def load_array(directory: Path, name: str, mmap: bool = True) -> np.ndarray:

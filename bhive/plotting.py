@@ -5,8 +5,6 @@ The Agg backend is selected on import, so plotting never needs a display (batch 
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from bhive.store import atomic_write  # noqa: E402
 
 FORMATS = (".png", ".pdf")
 
@@ -69,18 +69,11 @@ def save(fig: Figure, stem: Path, data: Mapping[str, Any]) -> list[Path]:
         for suffix in (*FORMATS, ".npz"):
             # appended rather than with_suffix, so that a stem like "eff_0.5" keeps its name
             final = stem.parent / f"{stem.name}{suffix}"
-            # a unique name opened with open(), not mkstemp, so the plot gets the umask's permissions
-            temporary = stem.parent / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-            try:
-                with open(temporary, "xb") as stream:
-                    if suffix == ".npz":
-                        np.savez(stream, **arrays)
-                    else:
-                        fig.savefig(stream, format=suffix[1:])
-                os.replace(temporary, final)
-            except BaseException:
-                temporary.unlink(missing_ok=True)
-                raise
+            with atomic_write(final, "wb") as stream:
+                if suffix == ".npz":
+                    np.savez(stream, **arrays)
+                else:
+                    fig.savefig(stream, format=suffix[1:])
             written.append(final)
     finally:
         plt.close(fig)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bhive.registry import Registry
+from bhive.store import atomic_write_json
 
 GROUPS = ("global", "cpf", "npf", "vtx")
 MODEL_FILE = "model.json"
@@ -167,9 +168,8 @@ def model_class(name: str) -> type[Model]:
 
 
 def write_description(directory: Path, model: Model, details: Mapping[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
     description = {"model": type(model).__name__, "spec": model.spec.to_json(), **details}
-    (directory / MODEL_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(directory / MODEL_FILE, description)
 
 
 def read_description(directory: Path) -> dict:

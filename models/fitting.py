@@ -9,7 +9,6 @@ plots with their data.
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,9 +17,10 @@ import numpy as np
 from bhive import dataset, plotting
 from bhive.training import seed_everything
 from bhive.config import Config
-from bhive.store import atomic_write_json, code_version
+from bhive.store import (atomic_directory, atomic_write_json, code_version, file_problem, file_record,
+                         read_json)
 from dataloaders.base import LoaderSettings, dataloader_class
-from models.base import InputSpec, Model, ModelError, TrainingSettings, model_class
+from models.base import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, model_class
 
 ARTIFACT = "model"
 HISTORY = "history.json"
@@ -73,18 +73,30 @@ def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, setting
     model = build(cfg, model_name, dataset_dir, settings.seed)
     data = loader(cfg, model, dataset_dir, settings, validation_dir)
     history = model.fit(data, settings, output / "work", resume=resume)
-    artifact = output / ARTIFACT
-    model.save(artifact)
-    description_path = artifact / "model.json"
-    description = json.loads(description_path.read_text())
-    description.update(classes={name: list(members) for name, members in cfg.classes.items()},
-                       truth_labels=dataset.load_meta(dataset_dir)["truth_labels"], config=cfg.name,
-                       config_hash=cfg.hash, dataset=str(dataset_dir), settings=settings.to_json(),
-                       code_version=code_version())
-    atomic_write_json(description_path, description)
+    with atomic_directory(output / ARTIFACT) as artifact:
+        model.save(artifact)
+        description_path = artifact / MODEL_FILE
+        description = read_json(description_path)
+        description.update(classes={name: list(members) for name, members in cfg.classes.items()},
+                           truth_labels=dataset.load_meta(dataset_dir)["truth_labels"], config=cfg.name,
+                           config_hash=cfg.hash, dataset=str(dataset_dir), settings=settings.to_json(),
+                           code_version=code_version(),
+                           files={path.name: file_record(path) for path in sorted(artifact.iterdir())
+                                  if path.name != MODEL_FILE})
+        atomic_write_json(description_path, description)
     atomic_write_json(output / HISTORY, history)
     plot_history(history, output / "plots")
     return history
+
+
+def check_artifact(directory: Path, verify: bool = False) -> None:
+    """Raise :class:`ModelError` naming the first artifact file that is missing or has another
+    size than ``model.json`` records (with ``verify``: another sha256)."""
+    for name, recorded in read_json(directory / MODEL_FILE).get("files", {}).items():
+        problem = file_problem(directory / name, recorded, verify)
+        if problem:
+            raise ModelError(f"model file {directory / name} is damaged ({problem}); remove the training with "
+                             f"--remove-output and train again, or use a new --training-version")
 
 
 def plot_history(history: list[dict], directory: Path) -> list[Path]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from bhive import dataset
 from bhive.config import Config
-from bhive.store import atomic_write_json
+from bhive.store import atomic_path, atomic_write_json, file_problem, file_record, read_json
 from dataloaders.base import LoaderSettings, dataloader_class, label_map
 from models.base import ModelError, load_model
 
@@ -45,13 +45,14 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
 
 
 def write_predictions(directory: Path, predictions: dict) -> None:
-    """``.npy`` per array, ``info.json``, and a flat ROOT tree ``scores`` for analyses."""
+    """``.npy`` per array, a flat ROOT tree ``scores`` for analyses, and ``info.json`` last,
+    with the size and sha256 of every file."""
     import uproot
 
-    directory.mkdir(parents=True, exist_ok=True)
     arrays, info = predictions["arrays"], predictions["info"]
     for name in ARRAYS:
-        np.save(directory / f"{name}.npy", arrays[name], allow_pickle=False)
+        with atomic_path(directory / f"{name}.npy") as temporary, open(temporary, "wb") as stream:
+            np.save(stream, arrays[name], allow_pickle=False)
     branches = {f"prob_{c}": arrays["scores"][:, i] for i, c in enumerate(info["classes"])}
     branches.update(truth=arrays["truth"].astype(np.int32), label=arrays["label"].astype(np.int32),
                     process=arrays["process"].astype(np.int32), weight=arrays["weight"])
@@ -59,15 +60,22 @@ def write_predictions(directory: Path, predictions: dict) -> None:
         branches[name] = arrays["kinematics"][:, i]
     for i, name in enumerate(info["extras"]):
         branches["ref_" + "".join(ch if ch.isalnum() else "_" for ch in name)] = arrays["extras"][:, i]
-    temporary = directory / f".{ROOT_FILE}.tmp"
-    with uproot.recreate(temporary) as file:
+    with atomic_path(directory / ROOT_FILE) as temporary, uproot.recreate(temporary) as file:
         file.mktree("scores", {k: v.dtype for k, v in branches.items()}).extend(branches)
-    temporary.replace(directory / ROOT_FILE)
-    atomic_write_json(directory / INFO, info)
+    files = {path: file_record(directory / path) for path in (*(f"{n}.npy" for n in ARRAYS), ROOT_FILE)}
+    atomic_write_json(directory / INFO, {**info, "files": files})
+
+
+def check_predictions(directory: Path, verify: bool = False) -> None:
+    """Raise :class:`ModelError` naming the first written file that is missing or damaged."""
+    for name, recorded in read_json(directory / INFO).get("files", {}).items():
+        problem = file_problem(directory / name, recorded, verify)
+        if problem:
+            raise ModelError(f"scores file {directory / name} is damaged ({problem}); remove the scores with "
+                             f"--remove-output and run the inference again")
 
 
 def read_predictions(directory: Path) -> dict:
-    from bhive.store import read_json
-
-    return {"arrays": {name: np.load(directory / f"{name}.npy") for name in ARRAYS},
+    check_predictions(directory)
+    return {"arrays": {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in ARRAYS},
             "info": read_json(directory / INFO)}

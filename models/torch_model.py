@@ -18,6 +18,7 @@ from torch import nn
 
 from bhive import training
 from bhive.standardisation import feature_statistics
+from bhive.store import atomic_path
 from models.base import InputSpec, Model, ModelError, read_description, write_description
 
 WEIGHTS_FILE = "weights.pt"
@@ -140,34 +141,30 @@ def export_onnx(model: TorchModel, path: Path, batch: Mapping[str, np.ndarray], 
     example = tuple(torch.from_numpy(np.ascontiguousarray(batch[k][:EXPORT_BATCH_SIZE])) for k in keys)
     checked = tuple(torch.from_numpy(np.ascontiguousarray(batch[k])) for k in keys)
     wrapper = _ProbabilitiesModule(model, keys).eval()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with warnings.catch_warnings():
-            # the torch.export-based exporter would need the onnxscript package; the TorchScript
-            # one covers every b-hive model
-            warnings.simplefilter("ignore", DeprecationWarning)
-            # the tracer's notes on values frozen into the graph (LSTM batch sizes and input
-            # widths) are answered by the check below, at other batch sizes
-            warnings.filterwarnings("ignore", message=".*batch_size other than 1.*LSTM")
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(wrapper, example, str(temporary), input_names=list(keys),
-                              output_names=["probabilities"],
-                              dynamic_axes={k: {0: "jets"} for k in (*keys, "probabilities")},
-                              opset_version=17, dynamo=False)
-    except Exception as error:
-        temporary.unlink(missing_ok=True)
-        raise ModelError(f"model {name} cannot be exported to ONNX: {type(error).__name__}: {error}") from error
-    with torch.no_grad():
-        expected = wrapper(*checked).numpy()
-    session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
-    differences = {}
-    for size in sorted({*(s for s in CHECK_BATCH_SIZES if s < len(expected)), len(expected)}):
-        feeds = {k: np.ascontiguousarray(batch[k][:size]) for k in keys}
-        obtained = session.run(["probabilities"], feeds)[0]
-        differences[str(size)] = float(np.max(np.abs(obtained - expected[:size]))) if size else 0.0
-    temporary.replace(path)
+    with atomic_path(Path(path)) as temporary:
+        try:
+            with warnings.catch_warnings():
+                # the torch.export-based exporter would need the onnxscript package; the TorchScript
+                # one covers every b-hive model
+                warnings.simplefilter("ignore", DeprecationWarning)
+                # the tracer's notes on values frozen into the graph (LSTM batch sizes and input
+                # widths) are answered by the check below, at other batch sizes
+                warnings.filterwarnings("ignore", message=".*batch_size other than 1.*LSTM")
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                torch.onnx.export(wrapper, example, str(temporary), input_names=list(keys),
+                                  output_names=["probabilities"],
+                                  dynamic_axes={k: {0: "jets"} for k in (*keys, "probabilities")},
+                                  opset_version=17, dynamo=False)
+        except Exception as error:
+            raise ModelError(f"model {name} cannot be exported to ONNX: {type(error).__name__}: {error}") from error
+        with torch.no_grad():
+            expected = wrapper(*checked).numpy()
+        session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+        differences = {}
+        for size in sorted({*(s for s in CHECK_BATCH_SIZES if s < len(expected)), len(expected)}):
+            feeds = {k: np.ascontiguousarray(batch[k][:size]) for k in keys}
+            obtained = session.run(["probabilities"], feeds)[0]
+            differences[str(size)] = float(np.max(np.abs(obtained - expected[:size]))) if size else 0.0
     difference = max(differences.values())
     return {"model": name, "inputs": list(keys), "outputs": ["probabilities"], "classes": list(model.classes),
             "n_jets_checked": int(len(expected)), "max_abs_difference": difference,

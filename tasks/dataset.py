@@ -16,12 +16,12 @@ from pathlib import Path
 import law
 import luigi
 
-from bhive import construction, inputs
+from bhive import construction, dataset, inputs
 from bhive.simulation import sample
-from bhive.simulation.production import plan_files
-from bhive.store import read_json, stable_hash, store_root, write_identity
+from bhive.store import read_json, stable_hash, store_root
 from processors.base import processor_class
-from tasks.base import DatasetVersionTask, IdentityCheckedTask
+from tasks.base import DatasetVersionTask
+from tasks.parameters import DatasetParameters
 from tasks.simulation import SimulatedSamplesTask
 
 law.contrib.load("htcondor")
@@ -29,17 +29,13 @@ law.contrib.load("htcondor")
 PIECES_DIRECTORY = "pieces"
 
 
-class DatasetTask(DatasetVersionTask):
-    """Parameters shared by the dataset tasks: split, executor and chunking."""
+class DatasetTask(DatasetParameters, DatasetVersionTask):
+    """What the dataset tasks share: the split, its input files and the settings of the pieces."""
 
     split = luigi.ChoiceParameter(choices=sample.SPLITS, default="train", description="train or test")
-    chunk_size = luigi.IntParameter(default=100_000, description="entries per coffea chunk; default: 100000")
-    executor = luigi.ChoiceParameter(choices=construction.EXECUTORS, default="futures", significant=False,
-                                     description="coffea executor: iterative, futures or dask; default: futures")
-    processes = luigi.IntParameter(default=os.cpu_count() or 1, significant=False,
-                                   description="parallel processes of the futures/dask executor; default: all cores")
-    scheduler_address = luigi.Parameter(default="", significant=False,
-                                        description="dask scheduler to use (default: start a local cluster)")
+
+    config_keys = construction.DATASET_SECTIONS
+    version_parameter = "--dataset-version"
 
     def store_parts(self) -> tuple[str, ...]:
         return (*super().store_parts(), f"seed_{self.seed}", self.split)
@@ -50,22 +46,19 @@ class DatasetTask(DatasetVersionTask):
         return SimulatedSamplesTask.req(self, split=self.split)
 
     def input_files(self) -> list[str]:
-        cfg = self.cfg
         simulation = self.simulation()
         if simulation is not None:
             # known before the sample exists, so that the workflow can be planned upfront
-            return [str(simulation.local_path(p.filename)) for p in plan_files(cfg.simulate, self.split, self.seed)]
-        patterns = getattr(cfg.samples, self.split)
-        return inputs.resolve_files(patterns, f"samples.{self.split} of {cfg.path}")
+            return [str(path) for path in simulation.file_paths()]
+        patterns = getattr(self.cfg.samples, self.split)
+        return inputs.resolve_files(patterns, f"samples.{self.split} of {self.cfg.path}")
 
-    def inputs_identity(self):
+    def identity_settings(self) -> dict:
+        return {"split": self.split, "chunk_size": self.chunk_size}
+
+    def identity_inputs(self) -> dict:
         simulation = self.simulation()
-        if simulation is not None:
-            return simulation.identity()
-        return inputs.file_list_hash(self.input_files())
-
-    def dataset_identity(self) -> dict:
-        return construction.identity(self.cfg, self.split, self.seed, self.inputs_identity(), self.chunk_size)
+        return {"files": simulation if simulation is not None else inputs.file_list_hash(self.input_files())}
 
     def executor_settings(self) -> construction.ExecutorSettings:
         return construction.ExecutorSettings(executor=self.executor, processes=self.processes,
@@ -79,8 +72,14 @@ class DatasetPiecesTask(DatasetTask, law.LocalWorkflow, law.htcondor.HTCondorWor
     files_per_job = luigi.IntParameter(default=0, description="input files per branch; 0: all in one")
 
     def pieces_directory(self) -> Path:
-        # keyed by the dataset identity, so pieces made with other settings are never reused
-        return Path(self.local_path(stable_hash(self.dataset_identity())[:16]))
+        # named by the identity, so pieces made with other settings are never reused
+        return self.local_path(stable_hash(self.identity())[:16])
+
+    def output_directory(self) -> Path:
+        return self.pieces_directory()
+
+    def lock_name(self) -> str:
+        return f".lock-branch-{self.branch}"
 
     def create_branch_map(self):
         files = self.input_files()
@@ -112,24 +111,14 @@ class DatasetPiecesTask(DatasetTask, law.LocalWorkflow, law.htcondor.HTCondorWor
         return config
 
     def run(self):
-        directory = self.pieces_directory()
-        write_identity(directory, self.dataset_identity())
-        piece_dirs = construction.process_files(self.cfg, self.branch_data, directory / PIECES_DIRECTORY,
+        piece_dirs = construction.process_files(self.cfg, self.branch_data, self.pieces_directory() / PIECES_DIRECTORY,
                                                 self.executor_settings(), processor_class(self.cfg.processor))
         self.output().dump({"files": list(self.branch_data), "pieces": [p.name for p in piece_dirs]},
                            formatter="json", indent=2)
 
 
-class DatasetConstructionTask(DatasetTask, IdentityCheckedTask):
+class DatasetConstructionTask(DatasetTask):
     """Shards, meta.json, weights and spectra plots of one split of a config's dataset."""
-
-    shard_size = luigi.IntParameter(default=50_000, description="jets per shard; default: 50000")
-    histograms_from_train = luigi.BoolParameter(
-        default=False, description="for a test dataset: reweight with the training dataset's histograms")
-    keep_pieces = luigi.BoolParameter(default=False, significant=False,
-                                      description="keep the per-chunk pieces after the shards are written")
-
-    version_parameter = "--dataset-version"
 
     def requires(self):
         requirements = {"pieces": DatasetPiecesTask.req(self)}
@@ -137,31 +126,31 @@ class DatasetConstructionTask(DatasetTask, IdentityCheckedTask):
             requirements["train"] = DatasetConstructionTask.req(self, split="train", histograms_from_train=False)
         return requirements
 
-    def output_directory(self) -> Path:
-        return self.local_path()
+    def identity_settings(self) -> dict:
+        return {**super().identity_settings(), "shard_size": self.shard_size,
+                "histograms_from_train": bool(self.histograms_from_train and self.split != "train")}
 
-    def identity(self) -> dict:
-        histograms_from = None
-        if "train" in self.requires():
-            histograms_from = str(self.requires()["train"].output_directory())
-        return {**self.dataset_identity(), "shard_size": self.shard_size, "histograms_from": histograms_from}
+    def identity_inputs(self) -> dict:
+        # the pieces are an intermediate step named by this same identity; what counts is their source
+        requirements = self.requires()
+        return {**super().identity_inputs(), **({"train": requirements["train"]} if "train" in requirements else {})}
 
     def output(self):
-        return {"meta": self.local_target("meta.json"), "directory": self.local_target(directory=True)}
+        return {"meta": self.local_target(dataset.META_FILE), "directory": self.local_target(directory=True)}
+
+    def check_intact(self) -> None:
+        dataset.check_shards(self.output_directory(), verify=self.verify)
 
     def run(self):
-        pieces_task = self.requires()["pieces"]
+        requirements = self.requires()
+        pieces_task = requirements["pieces"]
         pieces_directory = pieces_task.pieces_directory()
         names = [name for target in pieces_task.output()["collection"].targets.values()
                  for name in read_json(Path(target.path))["pieces"]]
-        histograms_from = self.requires()["train"].output_directory() if "train" in self.requires() else None
-        directory = self.output_directory()
-        directory.mkdir(parents=True, exist_ok=True)
-        identity = self.identity()
-        write_identity(directory, identity)
+        histograms_from = requirements["train"].output_directory() if "train" in requirements else None
         construction.build_dataset(
-            self.cfg, [pieces_directory / PIECES_DIRECTORY / n for n in sorted(names)], directory,
-            split=self.split, seed=self.seed, shard_size=self.shard_size, dataset_identity=identity,
+            self.cfg, [pieces_directory / PIECES_DIRECTORY / n for n in sorted(names)], self.output_directory(),
+            split=self.split, seed=self.seed, shard_size=self.shard_size, dataset_identity=self.identity(),
             histograms_from=histograms_from)
         if not self.keep_pieces:
             # with its branch outputs, so that a later rebuild makes the pieces again

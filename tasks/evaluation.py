@@ -5,38 +5,41 @@ from __future__ import annotations
 
 import csv
 
-import law
 import luigi
 import numpy as np
 
 from bhive import evaluation
 from bhive.roc import roc_curve
-from bhive.store import atomic_write_json, read_json
+from bhive.config import ConfigError
+from bhive.store import atomic_write, atomic_write_json, check_name, read_json
 from models import inference
 from models.fitting import ARTIFACT, plot_history
-from tasks.base import DatasetVersionTask
+from tasks.base import DatasetVersionTask, config_name
 from tasks.dataset import DatasetConstructionTask
+from tasks.parameters import DatasetParameters, TestParameters, TrainingParameters
 from tasks.training import TrainingTask
 
 
-class InferenceTask(DatasetVersionTask):
-    """Per-jet class probabilities of a trained model on a test dataset (npy + ROOT)."""
+class ScoringTask(TestParameters, TrainingParameters, DatasetParameters, DatasetVersionTask):
+    """What InferenceTask and the tasks reading its scores share: parameters and store layout
+    ``<dataset_version>/<test_dataset_version>/<training_version>/<model>``."""
 
-    training_version = TrainingTask.training_version
-    test_dataset_version = luigi.Parameter(default=law.NO_STR, description="test dataset version; default: --version")
-    test_config = luigi.Parameter(default="", description="score the test dataset of this config instead "
-                                  "(it must have the same features); default: --config")
-    model_name = TrainingTask.model_name
+    version_parameter = "--training-version"
 
     def training(self) -> TrainingTask:
         return TrainingTask.req(self)
 
     def store_parts(self) -> tuple[str, ...]:
-        training = self.training()
         test = self.test_dataset_version
-        if self.test_config and self.test_config != self.config:
-            test = f"{self.test_config}-{test}"
-        return (*super().store_parts(), test, training.training_version, training.model())
+        if self.test_config and config_name(self.test_config) != self.config_name:
+            test = f"{config_name(self.test_config)}-{test}"
+        return (*super().store_parts(), test, self.training_version, self.model())
+
+
+class InferenceTask(ScoringTask):
+    """Per-jet class probabilities of a trained model on a test dataset (npy + ROOT)."""
+
+    config_keys = ("classes", "dataloader")
 
     def requires(self):
         return {"training": self.training(),
@@ -46,20 +49,23 @@ class InferenceTask(DatasetVersionTask):
     def output(self):
         return {"info": self.local_target(inference.INFO), "root": self.local_target(inference.ROOT_FILE)}
 
+    def check_intact(self) -> None:
+        inference.check_predictions(self.local_path(), verify=self.verify)
+
     def run(self):
         predictions = inference.predict_dataset(self.cfg, self.training().local_path(ARTIFACT),
                                                 self.requires()["test"].output_directory())
         inference.write_predictions(self.local_path(), predictions)
 
 
-class _EvaluationTask(InferenceTask):
+class _EvaluationTask(ScoringTask):
     """Shared by the evaluation tasks: they read the inference output."""
 
     def requires(self):
         return {"inference": InferenceTask.req(self)}
 
     def predictions(self) -> dict:
-        return inference.read_predictions(self.requires()["inference"].local_path())
+        return inference.read_predictions(InferenceTask.req(self).local_path())
 
     def discriminators(self, info) -> dict:
         return evaluation.discriminators_for(self.cfg.discriminators, info["classes"])
@@ -67,6 +73,8 @@ class _EvaluationTask(InferenceTask):
 
 class ROCCurveTask(_EvaluationTask):
     """ROC curves per discriminator, for all jets, per process and per configured cut."""
+
+    config_keys = ("discriminators", "processes")
 
     def output(self):
         return self.local_target("aucs.json")
@@ -89,6 +97,8 @@ class WorkingPointTask(_EvaluationTask):
     """Thresholds at the config's `working_points` targets (default: loose/medium/tight at
     10%/1%/0.1% mis-id for BvsL, BvsAll, CvsL) with efficiency and mis-id vs pt and eta."""
 
+    config_keys = ("discriminators", "working_points", "bins_pt", "bins_eta")
+
     def output(self):
         return {"json": self.local_target("working_points.json"), "csv": self.local_target("working_points.csv")}
 
@@ -103,15 +113,12 @@ class WorkingPointTask(_EvaluationTask):
                 signal, background = discriminators[name]
                 rows += evaluation.working_point_table(arrays, info, name, signal, background, self.cfg.bins_pt,
                                                        self.cfg.bins_eta, self.local_path("plots"), targets)
-        self.local_path().mkdir(parents=True, exist_ok=True)
-        temporary = self.local_path(".working_points.csv.tmp")
-        with open(temporary, "w", newline="") as stream:
+        with atomic_write(self.local_path("working_points.csv"), newline="") as stream:
             writer = csv.writer(stream)
             writer.writerow(["discriminator", "working_point", "target_misid", "threshold", "efficiency", "misid"])
             for row in rows:
                 writer.writerow([row[k] for k in ("discriminator", "working_point", "target_misid", "threshold",
                                                   "efficiency", "misid")])
-        temporary.replace(self.local_path("working_points.csv"))
         atomic_write_json(self.local_path("working_points.json"), rows)
 
 
@@ -130,12 +137,17 @@ class ScoreDistributionTask(_EvaluationTask):
         atomic_write_json(self.local_path("confusion.json"), {"classes": classes, "matrix": matrix.tolist()})
 
 
-class FeatureDistributionTask(DatasetVersionTask):
+class FeatureDistributionTask(TestParameters, DatasetParameters, DatasetVersionTask):
     """Input features per true class in the test dataset, weighted and unweighted (the leading
     candidate of each candidate group), from at most --max-jets jets."""
 
-    test_dataset_version = InferenceTask.test_dataset_version
     max_jets = luigi.IntParameter(default=200_000, description="jets read; default: 200000")
+
+    config_keys = ("classes",)
+    version_parameter = "--test-dataset-version"
+
+    def identity_settings(self) -> dict:
+        return {"max_jets": self.max_jets}
 
     def store_parts(self) -> tuple[str, ...]:
         return (*super().store_parts(), self.test_dataset_version)
@@ -185,6 +197,11 @@ class ComparisonTask(_EvaluationTask):
     compare = luigi.Parameter(default="", description="other trainings scored on the same test dataset, "
                               "comma-separated [config:]training_version/Model, e.g. v1/DNN,other_wg:v2/ParticleNet")
 
+    config_keys = ("discriminators",)
+
+    def identity_settings(self) -> dict:
+        return {"compare": self.compare}
+
     def others(self) -> list[InferenceTask]:
         """The compared trainings, each scoring this task's test dataset."""
         tasks = []
@@ -192,8 +209,11 @@ class ComparisonTask(_EvaluationTask):
             config, _, training = spec.rpartition(":")
             version, _, model = training.partition("/")
             if not model:
-                raise ValueError(f"--compare {spec}: write [config:]training_version/Model, e.g. v1/DNN or "
-                                 f"offline_ak4:v3/DeepJet")
+                raise ConfigError(f"--compare {spec}: write [config:]training_version/Model, e.g. v1/DNN or "
+                                  f"offline_ak4:v3/DeepJet")
+            for part, what in ((version, "training version"), (model, "model"), *(((config, "config"),) if config
+                                                                                   else ())):
+                check_name(part, f"--compare {spec}: {what}")
             tasks.append(InferenceTask.req(self, config=config or self.config, training_version=version,
                                            model_name=model, test_config=self.test_config or self.config))
         return tasks
@@ -282,6 +302,5 @@ class EvaluationTask(_EvaluationTask):
             lines.append(f"| {cls} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
         lines += ["", f"Training: {len(history)} epochs, final validation loss "
                   f"{history[-1].get('val_loss', float('nan')):.4f} (plots/loss.png)."]
-        temporary = self.local_path(".summary.md.tmp")
-        temporary.write_text("\n".join(lines) + "\n")
-        temporary.replace(self.local_path("summary.md"))
+        with atomic_write(self.local_path("summary.md")) as stream:
+            stream.write("\n".join(lines) + "\n")

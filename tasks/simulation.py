@@ -10,10 +10,10 @@ import luigi
 
 from bhive.config import ConfigError
 from bhive.simulation import sample
-from tasks.base import DatasetVersionTask, IdentityCheckedTask
+from tasks.base import DatasetVersionTask
 
 
-class SimulatedSamplesTask(DatasetVersionTask, IdentityCheckedTask):
+class SimulatedSamplesTask(DatasetVersionTask):
     """Generate the train or test split of a config's simulated sample."""
 
     split = luigi.ChoiceParameter(choices=sample.SPLITS, default="train", description="train or test")
@@ -21,19 +21,17 @@ class SimulatedSamplesTask(DatasetVersionTask, IdentityCheckedTask):
     processes = luigi.IntParameter(default=os.cpu_count() or 1, significant=False,
                                    description="parallel generator processes; default: all cores")
 
+    config_keys = ("treename", "simulate")
     version_parameter = "--dataset-version"
 
     def store_parts(self) -> tuple[str, ...]:
         return (*super().store_parts(), f"seed_{self.seed}", self.split)
 
-    def output_directory(self) -> Path:
-        return self.local_path()
-
-    def identity(self) -> dict:
+    def identity_settings(self) -> dict:
         if self.cfg.simulate is None:
-            raise ConfigError(f"{self.cfg.path}: config '{self.config}' has no 'simulate:' section, "
+            raise ConfigError(f"{self.cfg.path}: config '{self.config_name}' has no 'simulate:' section, "
                               "so there is no simulated sample to generate")
-        return sample.identity(self.cfg, self.split, self.seed)
+        return {"split": self.split}
 
     def output(self):
         return {
@@ -41,6 +39,15 @@ class SimulatedSamplesTask(DatasetVersionTask, IdentityCheckedTask):
             "files": self.local_target(directory=True),
         }
 
+    def file_paths(self) -> list[Path]:
+        """The ROOT files the sample will hold, known before it is generated."""
+        return [self.local_path(plan.filename) for plan in sample.plan_files(self.cfg.simulate, self.split, self.seed)]
+
+    def discard_leftovers(self, changed) -> None:
+        sample.discard_files(self.output_directory())
+
+    def check_intact(self) -> None:
+        sample.check_files(self.output_directory(), verify=self.verify)
+
     def run(self):
-        sample.produce(self.cfg, self.split, self.seed, self.output_directory(), self.identity(),
-                       workers=self.processes)
+        sample.produce(self.cfg, self.split, self.seed, self.output_directory(), workers=self.processes)

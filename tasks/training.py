@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import law
-import luigi
-
 from bhive.config import ConfigError
+from bhive.training import TrainingError
 from models import fitting
 from tasks.base import DatasetVersionTask
 from tasks.dataset import DatasetConstructionTask
+from tasks.parameters import DatasetParameters, TrainingParameters
+
+#: command-line parameters that replace a key of the config's `training:` section when set
+TRAINING_OVERRIDES = ("epochs", "batch_size", "learning_rate", "sampling")
 
 
-class TrainingTask(DatasetVersionTask):
+class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask):
     """Model artifact, history and loss/accuracy plots of one training."""
 
-    training_version = luigi.Parameter(default=law.NO_STR, description="version of the training; default: --version")
-    model_name = luigi.Parameter(default="", description="model class; default: the config's `model`")
-    epochs = luigi.IntParameter(default=0, description="default: the config's training.epochs")
-    batch_size = luigi.IntParameter(default=0, description="default: the config's training.batch_size")
-    learning_rate = luigi.FloatParameter(default=0.0, description="default: the config's training.learning_rate")
-    sampling = luigi.Parameter(default="", description="stochastic | loss_weight; default: the config's")
-    validation_dataset_version = luigi.Parameter(
-        default="", description="validate on this dataset version's test split instead of a fraction of the training set")
-    device = luigi.Parameter(default="auto", significant=False, description="auto | cpu | cuda[:N]")
-    precision = luigi.ChoiceParameter(choices=("fp32", "bf16", "fp16"), default="fp32", significant=False,
-                                      description="mixed precision; fp16 needs CUDA")
-    compile = luigi.BoolParameter(default=False, significant=False, description="use torch.compile")
-    loader_workers = luigi.IntParameter(default=0, significant=False, description="dataloader worker processes")
-    resume = luigi.BoolParameter(default=False, significant=False, description="continue from the last checkpoint")
-    stop_after_epoch = luigi.IntParameter(default=0, significant=False,
-                                          description="stop after this epoch (resumable), e.g. for time-limited jobs")
-
-    def model(self) -> str:
-        return self.model_name or self.cfg.model
+    version_parameter = "--training-version"
 
     def store_parts(self) -> tuple[str, ...]:
         return (*super().store_parts(), self.training_version, self.model())
@@ -44,9 +28,28 @@ class TrainingTask(DatasetVersionTask):
                 self, split="test", dataset_version=self.validation_dataset_version)
         return requirements
 
+    def identity_config_keys(self) -> tuple[str, ...]:
+        return ("training", "classes", "dataloader", f"model_settings.{self.model()}")
+
+    def config_overrides(self) -> dict:
+        return {f"training.{name}": getattr(self, name) for name in TRAINING_OVERRIDES if getattr(self, name)}
+
+    def identity_settings(self) -> dict:
+        return {"model": self.model()}
+
     def output(self):
         return {"model": self.local_target(fitting.ARTIFACT, "model.json"),
                 "history": self.local_target(fitting.HISTORY)}
+
+    def discard_leftovers(self, changed) -> None:
+        if self.resume:
+            raise TrainingError(
+                f"--resume: the checkpoint in {self.local_path('work')} belongs to a training with other settings "
+                f"({'; '.join(d.describe() for d in changed[:4])}); resume with those settings, or start this one "
+                f"without --resume (or under a new --training-version)")
+
+    def check_intact(self) -> None:
+        fitting.check_artifact(self.local_path(fitting.ARTIFACT), verify=self.verify)
 
     def settings(self):
         if self.sampling and self.sampling not in ("stochastic", "loss_weight"):

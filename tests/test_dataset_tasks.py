@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bhive import dataset
-from bhive.store import VersionConflictError
+from bhive.identity import VersionConflictError
 from tasks.dataset import DatasetConstructionTask, DatasetPiecesTask
 from tests.test_tasks import config_dir  # noqa: F401  (fixture: tiny simulated config "tiny")
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from bhive.config import CONFIG_DIR, ConfigError
-from bhive.store import VersionConflictError, read_json
+from bhive.identity import VersionConflictError
+from bhive.store import read_json
 from tasks.simulation import SimulatedSamplesTask
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,6 @@ does not depend on how many workers produced the sample or in which order.
 
 from __future__ import annotations
 
-import os
 import time
 import zlib
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from bhive.simulation import ntuple
 from bhive.simulation.detector import Detector, DetectorModel
 from bhive.simulation.generator import MAX_PYTHIA_SEED, EventSource
 from bhive.simulation.jets import cluster_jets
+from bhive.store import atomic_path, file_record
 
 if TYPE_CHECKING:
     from bhive.config import SimulateConfig
@@ -103,14 +103,14 @@ def generate_file(
         if n_jets >= plan.n_jets:
             break
     arrays = ntuple.concatenate(chunks)
-    temporary = path.with_name(path.name + ".tmp")
-    ntuple.write_tree(temporary, treename, arrays)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        ntuple.write_tree(temporary, treename, arrays)
     return {
         "file": path.name,
         **asdict(plan),
         "n_events": n_events,
         "content_sha256": ntuple.content_hash(arrays),
+        "record": file_record(path),
         "seconds": round(time.perf_counter() - started, 3),
     }
 

@@ -1,9 +1,9 @@
 """A simulated sample on disk: one split's ROOT files plus ``manifest.json``.
 
-The directory also holds ``identity.json`` (what settings made it, written first) and one
-small ``<file>.json`` record per finished file, so an interrupted run resumes with the files
-it already has instead of starting over. The manifest is written last: its presence is
-what makes the sample complete.
+The directory also holds one small ``<file>.json`` record per finished file, so an
+interrupted run resumes with the files it already has instead of starting over. The manifest
+is written last: its presence is what makes the sample complete. What settings made the
+sample (its identity) is recorded by the task before generation starts.
 """
 
 from __future__ import annotations
@@ -15,60 +15,49 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from bhive.simulation.production import SPLITS, FilePlan, generate_files, plan_files
-from bhive.store import (IDENTITY_FILE, atomic_write_json, code_version, differing_keys, read_json,
-                         write_identity)
+from bhive.store import atomic_write_json, code_version, file_problem, read_json
 
 if TYPE_CHECKING:
     from bhive.config import Config
 
-__all__ = ["SPLITS", "MANIFEST", "identity", "produce"]
+__all__ = ["SPLITS", "MANIFEST", "plan_files", "produce", "discard_files", "check_files", "SampleError"]
 
 MANIFEST = "manifest.json"
 _RECORD_SUFFIX = ".json"
 logger = logging.getLogger(__name__)
 
 
-def identity(cfg: Config, split: str, seed: int) -> dict:
-    """Everything that changes the content of a simulated split."""
-    return {
-        "kind": "simulated-sample",
-        "simulate": cfg.section_hash("simulate"),
-        "treename": cfg.treename,
-        "split": split,
-        "seed": seed,
-    }
+class SampleError(RuntimeError):
+    """A finished simulated sample whose files are damaged."""
 
 
 def _record_path(directory: Path, plan: FilePlan) -> Path:
     return directory / (plan.filename + _RECORD_SUFFIX)
 
 
-def _discard_stale(directory: Path, expected: dict) -> None:
-    """Remove files left by an interrupted run that used different settings.
-
-    Only files this module writes are touched (the planned ROOT files, their records and
-    temporary files); anything else in the directory is left alone.
-    """
-    path = directory / IDENTITY_FILE
-    if not path.exists():
-        return
-    recorded = read_json(path)
-    if not differing_keys(recorded, expected):
-        return
+def discard_files(directory: Path) -> None:
+    """Remove what an unfinished run with other settings left: the ROOT files, their records
+    and the manifest. Nothing else in the directory is touched."""
     logger.warning("discarding an unfinished sample in %s made with other settings", directory)
-    for pattern in ("*.root", "*.root.json", "*.root.tmp"):
+    for pattern in ("*.root", "*.root.json", MANIFEST):
         for stale in directory.glob(pattern):
             stale.unlink()
-    path.unlink()
 
 
-def produce(cfg: Config, split: str, seed: int, directory: Path, expected_identity: dict,
-            workers: int = 1, show_progress: bool = True) -> dict:
+def check_files(directory: Path, verify: bool = False) -> None:
+    """Raise :class:`SampleError` when a file of the finished sample is missing or has another
+    size than recorded (with ``verify``: another sha256)."""
+    for entry in read_json(directory / MANIFEST)["files"]:
+        path = directory / entry["file"]
+        problem = file_problem(path, entry["record"], verify)
+        if problem:
+            raise SampleError(f"simulated file {path} is damaged ({problem}); remove the sample with "
+                              f"--remove-output and generate it again, or use a new --dataset-version")
+
+
+def produce(cfg: Config, split: str, seed: int, directory: Path, workers: int = 1, show_progress: bool = True) -> dict:
     """Generate one split into ``directory`` and write its manifest; returns the manifest."""
     directory.mkdir(parents=True, exist_ok=True)
-    _discard_stale(directory, expected_identity)
-    write_identity(directory, expected_identity)
-
     plans = plan_files(cfg.simulate, split, seed)
     done = {p.filename: read_json(_record_path(directory, p)) for p in plans
             if _record_path(directory, p).exists() and (directory / p.filename).exists()}
@@ -85,8 +74,9 @@ def produce(cfg: Config, split: str, seed: int, directory: Path, expected_identi
                        progress=bar.update, on_file=record)
     entries = [read_json(_record_path(directory, p)) for p in plans]
     manifest = {
-        "identity": expected_identity,
         "config": cfg.name,
+        "split": split,
+        "seed": seed,
         "treename": cfg.treename,
         "branch_style": cfg.simulate.branch_style,
         "code_version": code_version(),

@@ -1,0 +1,68 @@
+"""Parameter groups shared along the chain, so that a downstream task takes the parameters of
+the tasks it runs: ``law run EvaluationTask --config hlt_ak4 --version v2 --epochs 2`` trains
+for two epochs. ``Task.req(self)`` hands every parameter of the same name upstream; dataset
+parameters on a training or evaluation task apply to its training and test datasets alike.
+"""
+
+from __future__ import annotations
+
+import os
+
+import law
+import luigi
+
+from bhive import construction
+from tasks.base import ConfigParameter, NameParameter
+
+
+class DatasetParameters:
+    """How datasets are built: chunking, sharding and the coffea executor."""
+
+    chunk_size = luigi.IntParameter(default=100_000, description="entries per coffea chunk; default: 100000")
+    shard_size = luigi.IntParameter(default=50_000, description="jets per shard; default: 50000")
+    histograms_from_train = luigi.BoolParameter(
+        default=False, description="for a test dataset: reweight with the training dataset's histograms")
+    executor = luigi.ChoiceParameter(choices=construction.EXECUTORS, default="futures", significant=False,
+                                     description="coffea executor: iterative, futures or dask; default: futures")
+    processes = luigi.IntParameter(default=os.cpu_count() or 1, significant=False,
+                                   description="parallel processes (coffea executor, simulation); default: all cores")
+    scheduler_address = luigi.Parameter(default="", significant=False,
+                                        description="dask scheduler to use (default: start a local cluster)")
+    keep_pieces = luigi.BoolParameter(default=False, significant=False,
+                                      description="keep the per-chunk pieces after the shards are written")
+
+
+class TrainingParameters:
+    """Which model is trained on which dataset, and how."""
+
+    training_version = NameParameter(flag="--training-version", default=law.NO_STR,
+                                     description="version of the training; default: --version")
+    model_name = NameParameter(flag="--model-name", default="", description="model class; default: the config's `model`")
+    epochs = luigi.IntParameter(default=0, description="default: the config's training.epochs")
+    batch_size = luigi.IntParameter(default=0, description="default: the config's training.batch_size")
+    learning_rate = luigi.FloatParameter(default=0.0, description="default: the config's training.learning_rate")
+    sampling = luigi.Parameter(default="", description="stochastic | loss_weight; default: the config's")
+    validation_dataset_version = NameParameter(
+        flag="--validation-dataset-version", default="",
+        description="validate on this dataset version's test split instead of a fraction of the training set")
+    device = luigi.Parameter(default="auto", significant=False, description="auto | cpu | cuda[:N]")
+    precision = luigi.ChoiceParameter(choices=("fp32", "bf16", "fp16"), default="fp32", significant=False,
+                                      description="mixed precision; fp16 needs CUDA")
+    compile = luigi.BoolParameter(default=False, significant=False, description="use torch.compile")
+    loader_workers = luigi.IntParameter(default=0, significant=False, description="dataloader worker processes")
+    resume = luigi.BoolParameter(default=False, significant=False, description="continue from the last checkpoint")
+    stop_after_epoch = luigi.IntParameter(default=0, significant=False,
+                                          description="stop after this epoch (resumable), e.g. for time-limited jobs")
+
+    def model(self) -> str:
+        return self.model_name or self.cfg.model
+
+
+class TestParameters:
+    """Which test dataset a training is scored on."""
+
+    test_dataset_version = NameParameter(flag="--test-dataset-version", default=law.NO_STR,
+                                         description="test dataset version; default: --version")
+    test_config = ConfigParameter(flag="--test-config", default="",
+                                  description="score the test dataset of this config instead (it must have the "
+                                  "same features); default: --config")
