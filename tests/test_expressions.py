@@ -337,3 +337,11 @@ def test_evaluation_errors_name_feature_and_expression(columns: dict) -> None:
 def test_expression_error_is_a_value_error() -> None:
     assert issubclass(ExpressionError, ValueError)
 
+
+def test_readme_lists_every_allowed_function() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Custom features", 1)[1].split("\n### ", 1)[0]
+    words = set(section.replace("`", " ").replace(",", " ").replace("(", " ").replace(")", " ").split())
+    for module, functions in FUNCTIONS.items():
+        assert not set(functions) - words, (module, set(functions) - words)
+    assert all(f"np.{name}" in section for name in CONSTANTS["np"])
