@@ -9,7 +9,6 @@ what is wrong and what is allowed.
 
 from __future__ import annotations
 
-import ast
 import copy
 import difflib
 import hashlib
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from bhive import expressions
 
 __all__ = [
     "CONFIG_DIR",
@@ -37,7 +38,6 @@ __all__ = [
     "TruthCondition",
     "TruthRule",
     "available_configs",
-    "expression_branches",
     "load_config",
 ]
 
@@ -55,10 +55,6 @@ SPLITS = ("train", "test")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("none", "linear", "cosine")
 SAMPLING_MODES = ("stochastic", "loss_weight")
-
-# Names an expression may use without them being branches: the modules of the
-# restricted evaluation namespace.
-EXPRESSION_MODULE_NAMES = frozenset({"np", "numpy", "ak", "awkward"})
 
 _GROUP_LIST_KEYS = {"cpf": "cpf_candidates", "npf": "npf_candidates", "vtx": "vtx_features"}
 
@@ -322,36 +318,15 @@ class Config:
     def branches(self) -> set[str]:
         """Every input branch the features, custom feature expressions and truth rules read."""
         names = set(self.global_features)
-        expressions = list(self.global_custom_features.values())
+        custom = list(self.global_custom_features.values())
         for group in self.candidate_groups.values():
             names.update(group.features)
-            expressions.extend(group.custom_features.values())
-        for expression in expressions:
-            names.update(expression_branches(expression))
+            custom.extend(group.custom_features.values())
+        for expression in custom:
+            names.update(expressions.branches(expression))
         for rule in self.truths:
             names.update(condition.branch for condition in rule.conditions)
         return names
-
-
-def expression_branches(expression: str) -> set[str]:
-    """Branch names a custom feature expression reads.
-
-    Every name the expression loads is a branch, except the numpy/awkward module names,
-    names used as functions (``abs(x)``) and names bound inside the expression itself.
-    """
-    tree = ast.parse(expression, mode="eval")
-    loaded: set[str] = set()
-    not_branches: set[str] = set(EXPRESSION_MODULE_NAMES)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (loaded if isinstance(node.ctx, ast.Load) else not_branches).add(node.id)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            not_branches.add(node.func.id)
-        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            not_branches.add(node.value.id)
-        elif isinstance(node, ast.arg):
-            not_branches.add(node.arg)
-    return loaded - not_branches
 
 
 def _check_split(split: str) -> None:
@@ -942,9 +917,27 @@ def _read_bins(r: _Reader, raw: dict, key: str, *, positive: bool) -> tuple[floa
     return edges
 
 
-def _read_custom_features(r: _Reader, raw: dict, key: str, branch_features: tuple[str, ...]) -> dict[str, str]:
+def _simulated_branches(simulate: SimulateConfig | None) -> tuple[frozenset[str] | None, str]:
+    """Branches an expression may read when they are known at load time, and what they are.
+
+    Recorded ntuples are only opened later (their branches are checked against
+    Config.branches() before any processing), so for them every name passes here.
+    """
+    if simulate is None:
+        return None, ""
+    # imported here: it pulls in awkward, which loading a config of recorded ntuples does not need
+    from bhive.simulation.ntuple import branch_names
+
+    style = simulate.branch_style
+    return branch_names(style), f"not written by the simulation with branch_style {style}"
+
+
+def _read_custom_features(
+    r: _Reader, raw: dict, key: str, branch_features: tuple[str, ...], simulate: SimulateConfig | None
+) -> dict[str, str]:
     custom = r.mapping(raw, key, (), default={})
     r.check_names(custom, (key,), "custom feature names")
+    known, unknown_means = _simulated_branches(simulate)
     for name, expression in custom.items():
         path = (key, name)
         if name in branch_features:
@@ -952,26 +945,13 @@ def _read_custom_features(r: _Reader, raw: dict, key: str, branch_features: tupl
         if not isinstance(expression, str) or not expression.strip():
             raise r.type_error(path, "an expression string (e.g. 'np.log(jet_pt)')", expression)
         try:
-            tree = ast.parse(expression, mode="eval")
-        except SyntaxError as exc:
-            raise r.error(
-                path, f"{expression!r} is not a valid Python expression ({exc.msg}); write e.g. 'np.log(jet_pt)'"
-            ) from None
-        for node in ast.walk(tree):
-            private = (isinstance(node, ast.Name) and node.id.startswith("__")) or (
-                isinstance(node, ast.Attribute) and node.attr.startswith("_")
-            )
-            if private:
-                hidden = node.id if isinstance(node, ast.Name) else node.attr
-                raise r.error(
-                    path,
-                    f"{expression!r} uses the private name {hidden!r}; expressions may only read "
-                    f"branches and call numpy (np) / awkward (ak) functions",
-                )
+            expressions.validate(expression, known, unknown_means=unknown_means)
+        except expressions.ExpressionError as error:
+            raise r.error(path, str(error)) from None
     return dict(custom)
 
 
-def _read_candidate_groups(r: _Reader, raw: dict) -> dict[str, CandidateGroup]:
+def _read_candidate_groups(r: _Reader, raw: dict, simulate: SimulateConfig | None) -> dict[str, CandidateGroup]:
     groups = {}
     for group in CANDIDATE_GROUPS:
         list_key = _GROUP_LIST_KEYS[group]
@@ -989,7 +969,7 @@ def _read_candidate_groups(r: _Reader, raw: dict) -> dict[str, CandidateGroup]:
             continue
         features = r.string_list(raw, list_key, (), what=f"{group} feature branches")
         n_candidates = r.integer(raw, n_key, (), allowed="a number of candidates >= 1", valid=lambda n: n >= 1)
-        custom = _read_custom_features(r, raw, custom_key, features)
+        custom = _read_custom_features(r, raw, custom_key, features, simulate)
         groups[group] = CandidateGroup(name=group, features=features, n_candidates=n_candidates, custom_features=custom)
     return groups
 
@@ -1187,7 +1167,7 @@ def _validate(r: _Reader, name: str, path: Path, raw: dict) -> Config:
     bins_eta = _read_bins(r, raw, "bins_eta", positive=False)
 
     global_features = r.string_list(raw, "global_features", (), what="global feature branches")
-    global_custom = _read_custom_features(r, raw, "global_custom_features", global_features)
+    global_custom = _read_custom_features(r, raw, "global_custom_features", global_features, simulate)
     for key in ("pt_key", "eta_key"):
         value = r.string(raw, key, ())
         if value not in global_features:
@@ -1197,7 +1177,7 @@ def _validate(r: _Reader, name: str, path: Path, raw: dict) -> Config:
                 (key,),
                 f"{value!r} is not among global_features{where}{_suggest(value, global_features)}",
             )
-    candidate_groups = _read_candidate_groups(r, raw)
+    candidate_groups = _read_candidate_groups(r, raw, simulate)
 
     truths = _read_truths(r, raw)
     labels = tuple(rule.label for rule in truths)

@@ -28,6 +28,7 @@ from bhive.config import (
     available_configs,
     load_config,
 )
+from tests.test_expressions import REFUSED
 
 SHIPPED_DEFAULT = CONFIG_DIR / "default.yml"
 
@@ -87,6 +88,9 @@ def simulated_base() -> dict[str, Any]:
     content = copy.deepcopy(BASE)
     del content["samples"], content["processes"]
     content["simulate"] = copy.deepcopy(SIMULATE)
+    # expressions are checked against the branches the simulation writes (hlt style)
+    content.update(cpf_candidates=["pfcand_pt", "pfcand_deltaR"],
+                   cpf_custom_features={"cpf_pt_frac": "pfcand_pt / jet_pt"})
     return content
 
 
@@ -593,7 +597,52 @@ def test_custom_feature_errors(config_dir: Path) -> None:
     expect_error(config_dir, changed(lambda c: c.update(global_custom_features={"y": 3})),
                  "global_custom_features.y", "expected an expression string")
     expect_error(config_dir, changed(lambda c: c.update(global_custom_features={"z": "jet_pt.__class__"})),
-                 "global_custom_features.z", "private name '__class__'")
+                 "global_custom_features.z", "'jet_pt.__class__' is not allowed")
+
+
+@pytest.mark.parametrize("expression, fragment", REFUSED)
+def test_refused_expressions_fail_at_load(config_dir: Path, expression: str, fragment: str) -> None:
+    message = expect_error(config_dir, changed(lambda c: c.update(global_custom_features={"evil": expression})),
+                           "global_custom_features.evil", fragment)
+    assert message.startswith(str(config_dir / "user.yml") + ": global_custom_features.evil: ")
+    assert "\n" not in message
+
+
+def test_refused_candidate_expression_names_its_group_key(config_dir: Path) -> None:
+    content = changed(lambda c: c["cpf_custom_features"].update(foo="np.load(cpf_pt)"))
+    expect_error(config_dir, content, "cpf_custom_features.foo", "calling 'np.load' is not allowed", "np.{abs")
+
+
+def test_a_refused_expression_never_runs_at_load(
+    config_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    for expression in ("np.savetxt(np.str_(1), jet_pt)", "np.load(np.str_(1), allow_pickle=True)"):
+        expect_error(config_dir, changed(lambda c: c.update(global_custom_features={"evil": expression})),
+                     "global_custom_features.evil", "is not allowed")
+    assert not list(workdir.iterdir())
+
+
+def test_simulated_config_expression_reads_a_branch_the_simulation_does_not_write(config_dir: Path) -> None:
+    content = simulated_base()
+    content["global_custom_features"] = {"log_pt": "np.log(jet_ptt)"}
+    expect_error(config_dir, content, "global_custom_features.log_pt", "'np.log(jet_ptt)'",
+                 "unknown branch 'jet_ptt'", "branch_style hlt", "did you mean 'jet_pt'?")
+    # the deepjet style writes other candidate branches than hlt
+    content = simulated_base()
+    content["simulate"]["branch_style"] = "deepjet"
+    expect_error(config_dir, content, "cpf_custom_features.cpf_pt_frac", "unknown branch 'pfcand_pt'",
+                 "branch_style deepjet")
+    content["cpf_custom_features"] = {"cpf_pt_frac": "Cpfcan_pt / jet_pt"}
+    assert load(config_dir, content).candidate_groups["cpf"].custom_features == {"cpf_pt_frac": "Cpfcan_pt / jet_pt"}
+
+
+def test_recorded_ntuple_expression_branches_are_required_branches(config_dir: Path) -> None:
+    # their existence is checked when the first files are opened, against Config.branches()
+    content = changed(lambda c: c.update(global_custom_features={"m": "np.log(jet_mass) + ak.num(sv_pt, axis=1)"}))
+    assert {"jet_mass", "sv_pt"} <= load(config_dir, content).branches()
 
 
 @pytest.mark.parametrize(

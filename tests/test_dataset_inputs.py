@@ -89,6 +89,13 @@ def test_missing_branches_are_listed(samples, configure, run_and_fail):
     assert "jet_mass" in message and "nCpfcand" in message and "train_" in message
 
 
+def test_branch_read_only_by_an_expression_is_checked_before_processing(samples, configure, run_and_fail):
+    configure(samples, global_custom_features={"log_mass": "np.log(jet_mass)"})
+    message = run_and_fail()
+    assert "train_" in message and "jet_mass" in message and "missing" in message
+    assert "evaluation failed" not in message
+
+
 def test_missing_truth_branch(samples, configure, run_and_fail):
     configure(samples, truths=["isB", "isC", "isUDS"], discriminators={"BvsL": {"signal": ["isB"], "background": ["isUDS"]}})
     message = run_and_fail()

@@ -17,7 +17,7 @@ from bhive.config import load_config
 from bhive.simulation import hadrons
 from bhive.simulation.generator import EventSource
 from bhive.simulation.jets import cluster_jets
-from bhive.simulation.ntuple import TRUTH_BRANCHES
+from bhive.simulation.ntuple import TRUTH_BRANCHES, branch_names
 from bhive.simulation.production import generate_file, generate_files, plan_files
 
 REALISM_JETS = 8000  # per process
@@ -56,6 +56,8 @@ def test_file_is_a_ttree_with_every_branch_the_config_reads(config_name, tmp_pat
     assert isinstance(tree, uproot.TTree)
     assert tree.num_entries == 200 == entry["n_jets"]
     assert not cfg.branches() - set(tree.keys())
+    # what the config loader checks expressions against is what the file holds
+    assert set(tree.keys()) == branch_names(cfg.simulate.branch_style)
     assert set(TRUTH_BRANCHES) <= set(tree.keys())
     assert not list(tmp_path.glob("*.tmp"))
 

@@ -83,6 +83,20 @@ _CSV_BRANCHES = {
 # Counters of the jagged collections, named as the ntuples' global features.
 _COUNTERS = {"pfcand": "npfcand", "Cpfcan": "nCpfcand", "Npfcan": "nNpfcand", "sv": "nsv"}
 
+# Jet-level branch name -> (source column, type).
+_JET_BRANCHES = {
+    "jet_pt": ("reco_pt", np.float32), "jet_eta": ("eta", np.float32), "jet_phi": ("phi", np.float32),
+    "jet_mass": ("reco_mass", np.float32), "jet_energy": ("reco_energy", np.float32),
+    "gen_pt": ("gen_pt", np.float32), "npv": ("npv", np.int32), "event_no": ("event_no", np.int64),
+    "jet_no": ("jet_no", np.int32),
+}
+# Per style: scalar branches beyond the jet ones, and the jagged collections.
+_STYLE_SCALARS = {"hlt": ("n_Cpfcand", "n_Npfcand"), "deepjet": tuple(_CSV_BRANCHES)}
+_STYLE_COLLECTIONS = {
+    "hlt": {"pfcand": _HLT_PFCAND_BRANCHES, "sv": _SV_BRANCHES},
+    "deepjet": {"Cpfcan": _DEEPJET_CPF_BRANCHES, "Npfcan": _DEEPJET_NPF_BRANCHES, "sv": _SV_BRANCHES},
+}
+
 TRUTH_BRANCHES = ("isB", "isBB", "isLeptonicB", "isC", "isUDS", "isG", "isUndefined",
                   "hadronFlavour", "partonFlavour")
 
@@ -108,6 +122,21 @@ def truth_branches(jets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["hadronFlavour"] = hadron.astype(np.int32)
     out["partonFlavour"] = parton.astype(np.int32)
     return out
+
+
+def branch_names(style: str) -> frozenset[str]:
+    """Every branch a file of ``style`` holds, named as uproot writes them: ``<collection>_<field>``
+    for the collections' fields plus their counters.
+
+    Lets a config be checked against the simulation before any file is generated.
+    """
+    if style not in BRANCH_STYLES:
+        raise ValueError(f"unknown branch style {style!r}; choose one of {BRANCH_STYLES}")
+    names = {*_JET_BRANCHES, *TRUTH_BRANCHES, *_STYLE_SCALARS[style]}
+    for collection, fields in _STYLE_COLLECTIONS[style].items():
+        names.add(_COUNTERS[collection])
+        names.update(f"{collection}_{field}" for field in fields)
+    return frozenset(names)
 
 
 def _collection(table, jet_index, n_jets, branches, sort_key) -> ak.Array:
@@ -139,15 +168,7 @@ def jet_arrays(reco: ReconstructedJets, style: str) -> dict:
     jets = reco.jets
     n = len(jets["pt"])
     out = {
-        "jet_pt": jets["reco_pt"].astype(np.float32),
-        "jet_eta": jets["eta"].astype(np.float32),
-        "jet_phi": jets["phi"].astype(np.float32),
-        "jet_mass": jets["reco_mass"].astype(np.float32),
-        "jet_energy": jets["reco_energy"].astype(np.float32),
-        "gen_pt": jets["gen_pt"].astype(np.float32),
-        "npv": jets["npv"].astype(np.int32),
-        "event_no": jets["event_no"].astype(np.int64),
-        "jet_no": jets["jet_no"].astype(np.int32),
+        **{name: jets[source].astype(dtype) for name, (source, dtype) in _JET_BRANCHES.items()},
         **truth_branches(jets),
     }
     if style == "hlt":
