@@ -9,6 +9,7 @@ same one-line error.
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import glob
 import logging
@@ -304,3 +305,38 @@ def _chain(error: BaseException | None) -> Iterator[BaseException]:
         seen.add(id(error))
         yield error
         error = error.__cause__ or error.__context__
+
+
+def input_error_in(error: BaseException) -> InputError | None:
+    """The :class:`InputError` that ``error`` wraps, if any.
+
+    coffea wraps a processor's errors in a plain ``Exception`` whose message holds the
+    error's ``repr``; from a worker process only that message arrives (pickling drops the
+    cause), so an :class:`InputFileError` is rebuilt from it.
+    """
+    for cause in _chain(error):
+        if isinstance(cause, InputError):
+            return cause
+    for cause in _chain(error):
+        rebuilt = _input_file_error_from_repr(str(cause))
+        if rebuilt is not None:
+            return rebuilt
+    return None
+
+
+def _input_file_error_from_repr(message: str) -> InputFileError | None:
+    prefix = InputFileError.__name__
+    start = message.find(prefix + "(")
+    if start < 0:
+        return None
+    start += len(prefix)
+    # the arguments are string literals, which may hold ")": try each ")" as the closing one
+    for end in (i for i in range(start, len(message)) if message[i] == ")"):
+        try:
+            args = ast.literal_eval(message[start:end + 1])
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(args, tuple) and len(args) == 3 and all(isinstance(a, str) for a in args):
+            return InputFileError(*args)
+        return None
+    return None

@@ -8,8 +8,9 @@ import luigi
 import pytest
 import uproot
 
-from bhive import inputs
+from bhive import construction, inputs
 from bhive.config import load_config
+from processors.nanoaod import NanoAODProcessor
 from tasks.dataset import DatasetConstructionTask
 from tests import deepntuple_files, nanoaod_files
 from tests.deepntuple_files import unit_config, write_config, write_deepntuple
@@ -83,6 +84,17 @@ def test_not_a_root_file(samples, configure, run_and_fail):
     configure(samples)
     message = run_and_fail()
     assert f"not a ROOT file: {broken} (it starts with b'this', not b'root')" in message
+
+
+def test_garbage_in_a_basket_is_reported_when_it_is_read(samples, configure, run_and_fail):
+    broken = samples / "train_qcd_0.root"
+    offset, size = basket_span(broken, deepntuple_files.TREE, "jet_pt")
+    overwrite(broken, offset + size // 2)
+    configure(samples)
+    message = run_and_fail()
+    assert (f"truncated or corrupt ROOT file: {broken} (expected {size} bytes at offset {offset} for basket 0 "
+            f"of branch 'jet_pt': zlib.error:") in message
+    assert "Replace or re-copy the file, or drop it from `samples`" in message
 
 
 def test_wrong_tree_name_lists_the_trees(samples, configure, run_and_fail):
@@ -268,3 +280,25 @@ def test_the_check_reads_no_basket(healthy, monkeypatch):
     assert later, "the check read nothing but the header"
     assert not [r for r in later for b in baskets if r[0] < b[1] and b[0] < r[1]]
     assert sum(stop - start for start, stop in requested) < path.stat().st_size / 10
+
+
+@pytest.mark.filterwarnings("ignore:Performed attempt")
+def test_a_damaged_basket_read_by_worker_processes_names_the_file(healthy, tmp_path):
+    path = tmp_path / "nanoaod.root"
+    shutil.copy(healthy / path.name, path)
+    offset, size = basket_span(path, nanoaod_files.TREE, "Jet_pt")
+    overwrite(path, offset + size // 2)
+    settings = construction.ExecutorSettings(executor="futures", processes=2, chunk_size=100)
+    with pytest.raises(inputs.InputFileError) as raised:
+        construction.process_files(load_config("nanoaod_ak4"), [str(path)], tmp_path / "pieces", settings,
+                                   NanoAODProcessor, file_processes={str(path): 0})
+    assert str(raised.value).startswith(
+        f"truncated or corrupt ROOT file: {path} (expected {size} bytes at offset {offset} for basket 0 of branch "
+        f"'Jet_pt': zlib.error: ")
+
+
+def test_an_input_file_error_is_recovered_from_the_message_of_a_wrapper():
+    original = inputs.InputFileError("/data/a (1).root", inputs.CORRUPT, "expected 8 bytes at offset 4: it's gone")
+    wrapper = Exception(f"Failed processing file: WorkItem(filename='/data/a (1).root'). The error was: {original!r}.")
+    assert str(inputs.input_error_in(wrapper)) == str(original)
+    assert inputs.input_error_in(Exception("something else")) is None
