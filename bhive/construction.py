@@ -96,6 +96,14 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
     try:
         runner = processor.Runner(executor=executor, schema=BaseSchema, chunksize=settings.chunk_size)
         output = runner({"inputs": list(files)}, instance, treename=cfg.treename)
+    except Exception as error:
+        # coffea wraps the processor's errors with the whole work item; a damaged file is
+        # reported by itself, in one line that names it, caused by uproot's error where that
+        # is still attached (not when the error was pickled by a worker process)
+        reported = inputs.input_error_in(error)
+        if reported is None:
+            raise
+        raise reported from reported.__cause__ or error
     finally:
         if client is not None:
             client.close()

@@ -19,7 +19,7 @@ import awkward as ak
 import numpy as np
 from coffea import processor
 
-from bhive import expressions, pieces, reweighting
+from bhive import expressions, inputs, pieces, reweighting
 from bhive.config import Config
 from bhive.registry import Registry
 from bhive.truth import truth_index
@@ -88,9 +88,13 @@ class JetProcessor(processor.ProcessorABC):
         if info is None:
             try:
                 arrays, info = self.build(self.jet_table(events), source)
-            except ValueError:
-                raise  # b-hive's own errors already name the file and the fix
             except Exception as error:
+                # the events are read lazily, so damage in the file's baskets surfaces here
+                damaged = inputs.damaged_file_error(source, error)
+                if damaged is not None:
+                    raise damaged from error
+                if isinstance(error, ValueError):
+                    raise  # b-hive's own errors already name the file and the fix
                 raise ProcessorError(
                     f"{source} (entries {metadata['entrystart']}-{metadata['entrystop']}) cannot be processed: "
                     f"{type(error).__name__}: {error}") from error
