@@ -18,7 +18,7 @@ import luigi
 
 from bhive import construction, dataset, inputs
 from bhive.simulation import sample
-from bhive.store import read_json, stable_hash, store_root
+from bhive.store import atomic_write_json, read_json, stable_hash, store_root
 from processors.base import processor_class
 from tasks.base import DatasetVersionTask
 from tasks.parameters import DatasetParameters
@@ -113,8 +113,8 @@ class DatasetPiecesTask(DatasetTask, law.LocalWorkflow, law.htcondor.HTCondorWor
     def run(self):
         piece_dirs = construction.process_files(self.cfg, self.branch_data, self.pieces_directory() / PIECES_DIRECTORY,
                                                 self.executor_settings(), processor_class(self.cfg.processor))
-        self.output().dump({"files": list(self.branch_data), "pieces": [p.name for p in piece_dirs]},
-                           formatter="json", indent=2)
+        atomic_write_json(Path(self.output().path), {"files": list(self.branch_data),
+                                                     "pieces": [p.name for p in piece_dirs]})
 
 
 class DatasetConstructionTask(DatasetTask):
