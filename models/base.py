@@ -13,6 +13,7 @@ Subclasses register by class name: ``model: DeepJet`` in a config, or ``--model-
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 from abc import ABC, abstractmethod
@@ -27,6 +28,8 @@ from bhive.registry import Registry
 
 GROUPS = ("global", "cpf", "npf", "vtx")
 MODEL_FILE = "model.json"
+#: the way out of an artifact that cannot be loaded
+RETRAIN = "train the model again (a new training version)"
 
 
 
@@ -166,17 +169,58 @@ def model_class(name: str) -> type[Model]:
     return MODELS.get(name)
 
 
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file of an artifact except ``model.json``, by name.
+
+    Dot-files are the temporaries of atomic writes, not part of the artifact.
+    """
+    records = {}
+    for path in sorted(Path(directory).iterdir()):
+        if path.is_file() and path.name != MODEL_FILE and not path.name.startswith("."):
+            digest = hashlib.sha256()
+            with open(path, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    digest.update(block)
+            records[path.name] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return records
+
+
 def write_description(directory: Path, model: Model, details: Mapping[str, Any]) -> None:
+    """Write ``model.json``; call it after the model's own files are written, since it records them."""
     directory.mkdir(parents=True, exist_ok=True)
-    description = {"model": type(model).__name__, "spec": model.spec.to_json(), **details}
+    description = {"model": type(model).__name__, "spec": model.spec.to_json(), **details,
+                   "files": file_records(directory)}
     (directory / MODEL_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
 
+def check_files(directory: Path, description: Mapping[str, Any]) -> None:
+    """Refuse an artifact whose files differ in size from what ``model.json`` records.
+
+    Only sizes are compared: a stat per file catches truncated and half-copied artifacts at
+    no cost, while the sha256 stays for checks that can afford reading everything.
+    """
+    for name, record in description.get("files", {}).items():
+        path = Path(directory) / name
+        if not path.is_file():
+            raise ModelError(f"{path} is missing, although {MODEL_FILE} lists it: the artifact is incomplete; "
+                             f"{RETRAIN} or restore the file")
+        size = path.stat().st_size
+        if size != record["size"]:
+            raise ModelError(f"{path} has {size} bytes, but {MODEL_FILE} records {record['size']}: the file is "
+                             f"truncated or was changed; {RETRAIN} or restore it")
+
+
 def read_description(directory: Path) -> dict:
+    """``model.json`` of an artifact whose files are all there with their recorded sizes.
+
+    Artifacts from before the file list was recorded carry none and are not checked.
+    """
     path = Path(directory) / MODEL_FILE
     if not path.exists():
         raise ModelError(f"{directory} holds no trained model ({MODEL_FILE} is missing)")
-    return json.loads(path.read_text())
+    description = json.loads(path.read_text())
+    check_files(directory, description)
+    return description
 
 
 def load_model(directory: Path) -> Model:
