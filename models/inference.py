@@ -69,5 +69,5 @@ def write_predictions(directory: Path, predictions: dict) -> None:
 def read_predictions(directory: Path) -> dict:
     from bhive.store import read_json
 
-    return {"arrays": {name: np.load(directory / f"{name}.npy") for name in ARRAYS},
+    return {"arrays": {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in ARRAYS},
             "info": read_json(directory / INFO)}
