@@ -4,24 +4,29 @@ One epoch = one pass over the training batches of the dataloader (seeded by seed
 then one pass over the validation batches. After each epoch the loop prints a line with
 losses, accuracies, jets/s and an ETA, appends to the history, writes TensorBoard scalars,
 and saves a checkpoint (model, optimizer, scheduler, scaler, RNG states, history) from which
-``resume`` continues exactly. The weights with the best validation loss are kept
-separately and restored at the end; training stops early after ``patience`` epochs without
-improvement. A non-finite loss stops training with the epoch and batch where it happened.
+``resume`` continues exactly. Checkpoints hold tensors and plain data only and are loaded
+with ``weights_only=True``: they live in a shared store, and nothing read from it is
+unpickled. The weights with the best validation loss are kept separately and restored at the
+end; training stops early after ``patience`` epochs without improvement. A non-finite loss
+stops training with the epoch and batch where it happened.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
+import pickle
 import random
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from bhive.store import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -116,22 +121,52 @@ def training_batches(data, epoch: int, workers: int, pin_memory: bool) -> Iterat
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every RNG state as tensors and plain data, so that the checkpoint loads with weights_only."""
+    algorithm, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            # int64 holds every uint32 key exactly
+            "numpy": {"algorithm": algorithm, "keys": torch.from_numpy(keys.astype(np.int64)),
+                      "position": int(position), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached_gaussian)},
+            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    # map_location moves the saved states to the training device; generators take CPU byte tensors
+    torch.set_rng_state(state["torch"].cpu())
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["algorithm"], numpy_state["keys"].cpu().numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"]))
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([cuda_state.cpu() for cuda_state in state["cuda"]])
+
+
+#: the way out of a checkpoint that cannot be used
+RESUME_FIX = "start again without --resume (that training replaces the checkpoint), or remove the training output"
+
+
+def load_tensors(path: Path, map_location: torch.device | str, fix: str = RESUME_FIX,
+                 error: type[Exception] = TrainingError) -> Any:
+    """torch.load limited to tensors and plain data: a file replaced in the shared store can
+    hold a pickle, and a pickle runs code when it is loaded. A file that cannot be loaded so
+    raises ``error`` naming it and ``fix``."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, the one thing never to do here
+        reason = "it holds objects other than tensors and plain data (an older b-hive wrote it, or it was replaced)"
+    except Exception as exc:  # whatever a truncated or foreign file makes torch raise
+        reason = f"it is truncated or not a tensor file ({type(exc).__name__})"
+    raise error(f"{path} cannot be used and is not unpickled: {reason}; {fix}")
 
 
 def _atomic_save(obj, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
 
 
 def _loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], weighted: bool) -> torch.Tensor:
@@ -185,14 +220,18 @@ def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -
     if resume:
         if not checkpoint_path.exists():
             raise TrainingError(f"--resume: no checkpoint in {workdir}; start without --resume")
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        history, best_loss, since_best, start_epoch = (state["history"], state["best_loss"],
-                                                       state["since_best"], state["epoch"])
+        state = load_tensors(checkpoint_path, device)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            history, best_loss, since_best, start_epoch = (state["history"], state["best_loss"],
+                                                           state["since_best"], state["epoch"])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+            raise TrainingError(f"{checkpoint_path} does not fit this model and training "
+                                f"({type(error).__name__}: {error}); {RESUME_FIX}") from None
         log(f"resuming after epoch {start_epoch}")
 
     writer = _tensorboard(workdir)
@@ -260,7 +299,7 @@ def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -
     if writer is not None:
         writer.close()
     if (workdir / BEST).exists():
-        model.load_state_dict(torch.load(workdir / BEST, map_location=device, weights_only=True))
+        model.load_state_dict(load_tensors(workdir / BEST, device))
     model.to("cpu")
     return history
 

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from bhive.registry import Registry
-from bhive.store import atomic_write_json
+from bhive.store import atomic_write_json, file_problem, file_record
 
 GROUPS = ("global", "cpf", "npf", "vtx")
 MODEL_FILE = "model.json"
+#: the way out of an artifact that cannot be loaded
+RETRAIN = "train the model again (a new training version)"
 
 
 
@@ -167,16 +169,48 @@ def model_class(name: str) -> type[Model]:
     return MODELS.get(name)
 
 
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file of an artifact except ``model.json``, by name.
+
+    Dot-files are the temporaries of atomic writes, not part of the artifact.
+    """
+    return {path.name: file_record(path) for path in sorted(Path(directory).iterdir())
+            if path.is_file() and path.name != MODEL_FILE and not path.name.startswith(".")}
+
+
 def write_description(directory: Path, model: Model, details: Mapping[str, Any]) -> None:
-    description = {"model": type(model).__name__, "spec": model.spec.to_json(), **details}
+    """Write ``model.json``; call it after the model's own files are written, since it records them."""
+    description = {"model": type(model).__name__, "spec": model.spec.to_json(), **details,
+                   "files": file_records(directory)}
     atomic_write_json(directory / MODEL_FILE, description)
 
 
+def check_files(directory: Path, description: Mapping[str, Any], verify: bool = False) -> None:
+    """Refuse an artifact whose files differ in size (with ``verify``: in sha256) from what
+    ``model.json`` records.
+
+    Sizes cost a stat per file and catch truncated and half-copied artifacts; the sha256 is
+    for checks that can afford reading everything.
+    """
+    for name, record in description.get("files", {}).items():
+        path = Path(directory) / name
+        problem = file_problem(path, record, verify)
+        if problem:
+            raise ModelError(f"model file {path} is damaged ({problem}; {MODEL_FILE} records its size and "
+                             f"sha256); {RETRAIN} or restore it")
+
+
 def read_description(directory: Path) -> dict:
+    """``model.json`` of an artifact whose files are all there with their recorded sizes.
+
+    Artifacts from before the file list was recorded carry none and are not checked.
+    """
     path = Path(directory) / MODEL_FILE
     if not path.exists():
         raise ModelError(f"{directory} holds no trained model ({MODEL_FILE} is missing)")
-    return json.loads(path.read_text())
+    description = json.loads(path.read_text())
+    check_files(directory, description)
+    return description
 
 
 def load_model(directory: Path) -> Model:

@@ -17,10 +17,9 @@ import numpy as np
 from bhive import dataset, plotting
 from bhive.training import seed_everything
 from bhive.config import Config
-from bhive.store import (atomic_directory, atomic_write_json, code_version, file_problem, file_record,
-                         read_json)
+from bhive.store import (atomic_directory, atomic_write_json, code_version, read_json)
 from dataloaders.base import LoaderSettings, dataloader_class
-from models.base import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, model_class
+from models.base import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, check_files, model_class
 
 ARTIFACT = "model"
 HISTORY = "history.json"
@@ -80,9 +79,7 @@ def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, setting
         description.update(classes={name: list(members) for name, members in cfg.classes.items()},
                            truth_labels=dataset.load_meta(dataset_dir)["truth_labels"], config=cfg.name,
                            config_hash=cfg.hash, dataset=str(dataset_dir), settings=settings.to_json(),
-                           code_version=code_version(),
-                           files={path.name: file_record(path) for path in sorted(artifact.iterdir())
-                                  if path.name != MODEL_FILE})
+                           code_version=code_version())
         atomic_write_json(description_path, description)
     atomic_write_json(output / HISTORY, history)
     plot_history(history, output / "plots")
@@ -92,11 +89,7 @@ def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, setting
 def check_artifact(directory: Path, verify: bool = False) -> None:
     """Raise :class:`ModelError` naming the first artifact file that is missing or has another
     size than ``model.json`` records (with ``verify``: another sha256)."""
-    for name, recorded in read_json(directory / MODEL_FILE).get("files", {}).items():
-        problem = file_problem(directory / name, recorded, verify)
-        if problem:
-            raise ModelError(f"model file {directory / name} is damaged ({problem}); remove the training with "
-                             f"--remove-output and train again, or use a new --training-version")
+    check_files(directory, read_json(directory / MODEL_FILE), verify)
 
 
 def plot_history(history: list[dict], directory: Path) -> list[Path]:

@@ -4,22 +4,58 @@ Histogram gradient boosting on the global features plus fixed-size summaries of 
 candidate group (number of real candidates, and the mean and maximum of every feature over
 them, and the features of the leading candidate). It shows that nothing in b-hive's tasks
 assumes PyTorch, and it is a strong, quick baseline.
+
+The fitted estimator is saved with skops, not pickle: artifacts live in a shared store, and a
+pickle replaced there would run code when loaded. Loading reads the file's type list first and
+refuses every type a HistGradientBoostingClassifier is not made of, before anything is built.
 """
 
 from __future__ import annotations
 
-import pickle
+import json
 import warnings
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import skops.io
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import log_loss
 
-from models.base import InputSpec, Model, read_description, write_description
+from models.base import RETRAIN, InputSpec, Model, ModelError, read_description, write_description
 
-ESTIMATOR_FILE = "estimator.pkl"
+ESTIMATOR_FILE = "estimator.skops"
+#: what b-hive wrote before it stopped using pickle; refused, never opened
+PICKLED_ESTIMATOR_FILE = "estimator.pkl"
+
+ESTIMATOR_TYPE = "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier"
+#: every type a fitted HistGradientBoostingClassifier is stored as (two or more classes, with or
+#: without early stopping); a file naming any other type is refused
+TRUSTED_TYPES = (
+    ESTIMATOR_TYPE,
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.preprocessing._label.LabelEncoder",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss._loss.CyHalfBinomialLoss",
+    "sklearn._loss._loss.CyHalfMultinomialLoss",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "numpy.ndarray",
+    "numpy.uint64",
+    "numpy.random._generator.Generator",
+    "builtins.dict",
+    "builtins.list",
+    "builtins.str",
+    "builtins.tuple",
+)
+#: how skops stores those types; other kinds (functions, methods, partials, ...) name what they
+#: would call in their content, beyond the type check, so they are refused as a whole
+TRUSTED_NODES = frozenset({"ObjectNode", "DictNode", "ListNode", "TupleNode", "JsonNode", "TypeNode",
+                           "NdArrayNode", "RandomGeneratorNode", "LossNode", "CachedNode"})
 
 
 def summaries(batch: Mapping[str, np.ndarray], groups: Iterable[str]) -> np.ndarray:
@@ -104,14 +140,66 @@ class GradientBoosting(Model):
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ESTIMATOR_FILE, "wb") as stream:
-            pickle.dump(self.estimator, stream)
+        skops.io.dump(self.estimator, directory / ESTIMATOR_FILE)
         write_description(directory, self, {"hyperparameters": self.hyperparameters, "groups": list(self.groups)})
 
     @classmethod
     def load(cls, directory: Path) -> GradientBoosting:
+        directory = Path(directory)
         description = read_description(directory)
         model = cls(InputSpec.from_json(description["spec"]), **description["hyperparameters"])
-        with open(Path(directory) / ESTIMATOR_FILE, "rb") as stream:
-            model.estimator = pickle.load(stream)
+        path = directory / ESTIMATOR_FILE
+        if not path.exists() and (directory / PICKLED_ESTIMATOR_FILE).exists():
+            raise ModelError(f"{directory / PICKLED_ESTIMATOR_FILE} is a pickle written by an older b-hive; "
+                             f"pickles are not loaded, since one replaced in the store would run code; {RETRAIN}")
+        model.estimator = load_estimator(path)
         return model
+
+
+def load_estimator(path: Path) -> HistGradientBoostingClassifier:
+    """The estimator in the skops file ``path``, refused unless every type in it is trusted."""
+    untrusted = _stored_types(path) - set(TRUSTED_TYPES)
+    if untrusted:
+        raise ModelError(f"{path} holds types that a HistGradientBoostingClassifier is not made of "
+                         f"({', '.join(sorted(untrusted))}): it was not written by b-hive or was changed, and "
+                         f"is not loaded; {RETRAIN}")
+    try:
+        return skops.io.load(path, trusted=list(TRUSTED_TYPES))
+    except Exception as error:  # skops' own audit, or a file damaged past its type list
+        raise ModelError(f"{path} cannot be loaded ({type(error).__name__}: {error}); {RETRAIN}") from None
+
+
+def _stored_types(path: Path) -> set[str]:
+    """The types named in a skops file, read from its JSON schema, so without building anything.
+
+    A node of a kind outside TRUSTED_NODES, and a stored object that is not the estimator, are
+    reported as types of their own, so that they never pass as trusted.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            schema = json.loads(archive.read("schema.json"))
+    except Exception as error:  # whatever a damaged or foreign file makes zipfile or json raise
+        raise ModelError(f"{path} is not a skops file ({type(error).__name__}: {error}), and is not "
+                         f"loaded; {RETRAIN}") from None
+    types: set[str] = set()
+    if _type_of(schema) != ESTIMATOR_TYPE:
+        types.add(f"{_type_of(schema)} as the stored object")
+    pending = [schema]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            if "__loader__" in item:
+                types.add(_type_of(item))
+                loader = item["__loader__"]
+                if not isinstance(loader, str) or loader not in TRUSTED_NODES:
+                    types.add(f"{loader} node")
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return types
+
+
+def _type_of(node: object) -> str:
+    if not isinstance(node, dict):
+        return type(node).__name__
+    return f"{node.get('__module__')}.{node.get('__class__')}"

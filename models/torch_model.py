@@ -19,7 +19,7 @@ from torch import nn
 from bhive import training
 from bhive.standardisation import feature_statistics
 from bhive.store import atomic_path
-from models.base import InputSpec, Model, ModelError, read_description, write_description
+from models.base import RETRAIN, InputSpec, Model, ModelError, read_description, write_description
 
 WEIGHTS_FILE = "weights.pt"
 
@@ -104,7 +104,8 @@ class TorchModel(nn.Module, Model):
     def load(cls, directory: Path) -> TorchModel:
         description = read_description(directory)
         model = cls.create(InputSpec.from_json(description["spec"]), **description["hyperparameters"])
-        model.load_state_dict(torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        model.load_state_dict(training.load_tensors(Path(directory) / WEIGHTS_FILE, "cpu", fix=RETRAIN,
+                                                    error=ModelError))
         model.eval()
         return model
 

@@ -1,18 +1,28 @@
 """Models, dataloader and training loop on a tiny generated dataset (CPU only)."""
 
+import hashlib
+import json
+import pickle
+import random
+import re
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import skops.io
 import torch
 
-from bhive import dataset
+from bhive import dataset, training
 from bhive.standardisation import feature_statistics
-from bhive.training import TrainingStopped, learning_rate_factor
+from bhive.training import TrainingError, TrainingStopped, learning_rate_factor
 from dataloaders.base import LoaderSettings, label_map
 from dataloaders.shards import ShardDataLoader
 from models import fitting
-from models.base import ModelError, load_model, model_class
+from models.base import MODEL_FILE, ModelError, file_records, load_model, model_class
+from models.gradient_boosting import ESTIMATOR_FILE, PICKLED_ESTIMATOR_FILE, load_estimator
+from models.torch_model import WEIGHTS_FILE
 from tests.training_data import tiny_dataset
 
 SMALL = {"DNN": {"hidden": [32, 16]}, "DeepJet": {"width_scale": 0.1, "dense": [64, 32]},
@@ -221,3 +231,213 @@ def test_fp16_needs_cuda(tiny, tmp_path):
     model = fitting.build(cfg, "DNN", directory)
     with pytest.raises(TrainingError, match="fp16.*CUDA"):
         model.fit(fitting.loader(cfg, model, directory, settings), settings, tmp_path / "fp16")
+
+
+# -- files read back from the store ----------------------------------------------------------
+# Whoever can write to the shared store can replace any file in it, model.json included: none
+# of these files may run code when it is read.
+
+class CreatesFileWhenUnpickled:
+    """A pickle payload: unpickling it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+class CreatesFileWhenBuilt:
+    """An object that creates ``marker`` when a loader builds it from its saved state."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __setstate__(self, state: dict) -> None:
+        Path(state["marker"]).touch()
+
+
+def test_the_payloads_run_when_trusted(tmp_path):
+    """Proof that the payloads below would do harm, were they loaded the unsafe way."""
+    unpickled, built = tmp_path / "unpickled", tmp_path / "built"
+    pickle.loads(pickle.dumps(CreatesFileWhenUnpickled(unpickled)))
+    assert unpickled.exists()
+    skops.io.dump({"payload": CreatesFileWhenBuilt(built)}, tmp_path / "payload.skops")
+    skops.io.load(tmp_path / "payload.skops", trusted=skops.io.get_untrusted_types(file=tmp_path / "payload.skops"))
+    assert built.exists()
+
+
+def record_files_again(artifact: Path) -> None:
+    """What a writer who replaced files can also do: make model.json agree with them."""
+    description = json.loads((artifact / MODEL_FILE).read_text())
+    description["files"] = file_records(artifact)
+    (artifact / MODEL_FILE).write_text(json.dumps(description))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    """A DNN and a GradientBoosting artifact, trained once; tests tamper with copies of them."""
+    root = tmp_path_factory.mktemp("artifacts")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        cfg, directory = tiny_dataset(root, monkeypatch, model_settings=SMALL)
+    settings = settings_for(cfg, epochs=1)
+    for name in ("DNN", "GradientBoosting"):
+        model = fitting.build(cfg, name, directory)
+        model.fit(fitting.loader(cfg, model, directory, settings), settings, root / name / "work")
+        model.save(root / name / "artifact")
+    return {name: root / name / "artifact" for name in ("DNN", "GradientBoosting")}
+
+
+def artifact_copy(artifacts: dict[str, Path], tmp_path: Path, name: str) -> Path:
+    return Path(shutil.copytree(artifacts[name], tmp_path / "artifact"))
+
+
+def interrupted_training(tiny, workdir: Path):
+    """DNN settings for two epochs, and ``workdir`` holding the checkpoint after the first."""
+    cfg, directory = tiny
+    settings = settings_for(cfg, epochs=2)
+    model = fitting.build(cfg, "DNN", directory)
+    first = replace(settings, stop_after_epoch=1)
+    with pytest.raises(TrainingStopped):
+        model.fit(fitting.loader(cfg, model, directory, first), first, workdir)
+    return settings
+
+
+def resume(tiny, workdir: Path, settings):
+    cfg, directory = tiny
+    model = fitting.build(cfg, "DNN", directory)
+    return model.fit(fitting.loader(cfg, model, directory, settings), settings, workdir, resume=True)
+
+
+def test_checkpoint_holds_tensors_and_plain_data_only(tiny, tmp_path):
+    interrupted_training(tiny, tmp_path / "work")
+    state = torch.load(tmp_path / "work" / training.CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+
+
+def test_random_states_survive_a_weights_only_checkpoint(tmp_path):
+    training.seed_everything(11)
+    # leave a cached Gaussian in numpy and in Python: their states carry it
+    np.random.standard_normal()
+    random.gauss(0.0, 1.0)
+    torch.save(training._rng_state(), tmp_path / "rng.pt")
+    expected = (np.random.standard_normal(5).tolist(), np.random.randint(0, 2**31, 5).tolist(),
+                [random.gauss(0.0, 1.0) for _ in range(5)], random.random(), torch.rand(5).tolist())
+    training.seed_everything(12)
+    training._set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (np.random.standard_normal(5).tolist(), np.random.randint(0, 2**31, 5).tolist(),
+            [random.gauss(0.0, 1.0) for _ in range(5)], random.random(), torch.rand(5).tolist()) == expected
+
+
+# torch notes that a plain pickle uses a protocol it does not write itself
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("tampering", ["torch.save of a payload", "plain pickle", "truncated"])
+def test_resume_refuses_a_tampered_checkpoint(tiny, tmp_path, tampering):
+    workdir, marker = tmp_path / "work", tmp_path / "payload-ran"
+    settings = interrupted_training(tiny, workdir)
+    checkpoint = workdir / training.CHECKPOINT
+    if tampering == "torch.save of a payload":
+        torch.save({"model": CreatesFileWhenUnpickled(marker), "epoch": 1}, checkpoint)
+    elif tampering == "plain pickle":
+        checkpoint.write_bytes(pickle.dumps(CreatesFileWhenUnpickled(marker)))
+    else:
+        truncate(checkpoint)
+    with pytest.raises(TrainingError, match=rf"{re.escape(str(checkpoint))}.*without --resume.*remove") as error:
+        resume(tiny, workdir, settings)
+    assert "weights_only=False" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_tampered_best_weights_file(tiny, tmp_path):
+    workdir, marker = tmp_path / "work", tmp_path / "payload-ran"
+    settings = interrupted_training(tiny, workdir)
+    torch.save(CreatesFileWhenUnpickled(marker), workdir / training.BEST)
+    # no epoch left to train: the best weights are read back at once
+    with pytest.raises(TrainingError, match=re.escape(str(workdir / training.BEST))):
+        resume(tiny, workdir, replace(settings, epochs=1))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name, files", [("DNN", [WEIGHTS_FILE]), ("GradientBoosting", [ESTIMATOR_FILE])])
+def test_description_records_size_and_sha256_of_every_file(artifacts, tmp_path, name, files):
+    artifact = artifact_copy(artifacts, tmp_path, name)
+    recorded = json.loads((artifact / MODEL_FILE).read_text())["files"]
+    assert sorted(recorded) == files
+    for file, record in recorded.items():
+        content = (artifact / file).read_bytes()
+        assert record == {"size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+
+
+@pytest.mark.parametrize("name, file", [("DNN", WEIGHTS_FILE), ("GradientBoosting", ESTIMATOR_FILE)])
+def test_truncated_artifact_file_is_refused_by_its_size(artifacts, tmp_path, name, file):
+    artifact = artifact_copy(artifacts, tmp_path, name)
+    truncate(artifact / file)
+    expected = rf"model file {re.escape(str(artifact / file))} is damaged \(\d+ bytes, \d+ recorded"
+    with pytest.raises(ModelError, match=expected):
+        load_model(artifact)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("name, file, refusal", [("DNN", WEIGHTS_FILE, "cannot be used and is not unpickled"),
+                                                 ("GradientBoosting", ESTIMATOR_FILE, "is not a skops file")])
+@pytest.mark.parametrize("tampering", ["payload", "truncated"])
+def test_replaced_artifact_file_is_refused_without_unpickling(artifacts, tmp_path, name, file, refusal, tampering):
+    artifact, marker = artifact_copy(artifacts, tmp_path, name), tmp_path / "payload-ran"
+    if tampering == "payload":
+        (artifact / file).write_bytes(pickle.dumps(CreatesFileWhenUnpickled(marker)))
+    else:
+        truncate(artifact / file)
+    record_files_again(artifact)
+    with pytest.raises(ModelError, match=rf"{re.escape(str(artifact / file))} {refusal}.*train the model again"):
+        load_model(artifact)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_every_estimator_variant_is_made_of_trusted_types(tmp_path, n_classes, early_stopping):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    generator = np.random.default_rng(1)
+    x = generator.normal(size=(400, 3)).astype(np.float32)
+    x[::5, 1] = np.nan
+    y = generator.integers(0, n_classes, 400)
+    estimator = HistGradientBoostingClassifier(max_iter=5, early_stopping=early_stopping, validation_fraction=0.2,
+                                               random_state=0).fit(x, y)
+    skops.io.dump(estimator, tmp_path / ESTIMATOR_FILE)
+    np.testing.assert_array_equal(load_estimator(tmp_path / ESTIMATOR_FILE).predict_proba(x),
+                                  estimator.predict_proba(x))
+
+
+@pytest.mark.parametrize("intruder", ["payload", "default-trusted estimator"])
+def test_untrusted_type_in_the_estimator_is_refused(artifacts, tmp_path, intruder):
+    from sklearn.linear_model import LogisticRegression
+
+    artifact, marker = artifact_copy(artifacts, tmp_path, "GradientBoosting"), tmp_path / "payload-ran"
+    model = load_model(artifact)
+    # skops itself trusts every scikit-learn estimator; b-hive trusts only what its estimator is made of
+    model.estimator.intruder = CreatesFileWhenBuilt(marker) if intruder == "payload" else LogisticRegression()
+    skops.io.dump(model.estimator, artifact / ESTIMATOR_FILE)
+    record_files_again(artifact)
+    expected = "tests.test_training.CreatesFileWhenBuilt" if intruder == "payload" else "LogisticRegression"
+    with pytest.raises(ModelError, match=rf"{re.escape(str(artifact / ESTIMATOR_FILE))} holds types .*{expected}"):
+        load_model(artifact)
+    assert not marker.exists()
+
+
+def test_pickled_estimator_of_an_older_version_is_not_unpickled(artifacts, tmp_path):
+    artifact, marker = artifact_copy(artifacts, tmp_path, "GradientBoosting"), tmp_path / "payload-ran"
+    (artifact / ESTIMATOR_FILE).unlink()
+    (artifact / PICKLED_ESTIMATOR_FILE).write_bytes(pickle.dumps(CreatesFileWhenUnpickled(marker)))
+    # as an older b-hive wrote it: no file list in model.json
+    description = json.loads((artifact / MODEL_FILE).read_text())
+    del description["files"]
+    (artifact / MODEL_FILE).write_text(json.dumps(description))
+    expected = rf"{re.escape(str(artifact / PICKLED_ESTIMATOR_FILE))}.*older.*train the model again"
+    with pytest.raises(ModelError, match=expected):
+        load_model(artifact)
+    assert not marker.exists()

@@ -36,6 +36,8 @@ def test_scikit_learn_model_through_training_task(tmp_path, monkeypatch, store):
     description = json.loads((artifact / "model.json").read_text())
     assert description["model"] == "GradientBoosting" and description["classes"]["isB"] == ["isB"]
     assert description["truth_labels"] == ["isB", "isC", "isL"]
+    # the task's additions to model.json keep the artifact's file list
+    assert set(description["files"]) == {"estimator.skops"}
     history = json.loads(task.local_path("history.json").read_text())
     assert history[0]["val_accuracy"] > 0.4
     assert (task.local_path("plots") / "loss.png").exists()
