@@ -1,8 +1,13 @@
 """b-hive: the library shared by b-hive's tasks and plugins.
 
-Configuration, store paths, dataset format, truth rules, reweighting, the simulated
-default sample and, later, training and evaluation numerics live here. Nothing in
-``bhive`` imports ``tasks``.
+One module (or small package) per concept: the config schema (``config``), the store and
+output identities (``store``, ``identity``), the dataset format (``dataset``, ``pieces``),
+truth rules and reweighting (``truth``, ``reweighting``), the plugin contracts
+(``plugins``), and one home per stage: ``construction`` (ROOT to shards), ``training``,
+``inference``, ``export`` (ONNX) and ``evaluation``; plus the metrics (``roc``,
+``discriminators``), plotting and the simulated default sample (``simulation``).
+Dependencies point one way: tasks -> plugin packages -> bhive; nothing in ``bhive`` imports
+``tasks`` or a plugin package.
 """
 
 __version__ = "0.1.0"

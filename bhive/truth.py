@@ -84,3 +84,16 @@ def truth_index(columns: Mapping[str, np.ndarray], rules: Sequence[TruthRule], s
             f"'{rules[second].label}'; the truth rules must be mutually exclusive: add a condition that "
             f"excludes one label from the other (e.g. add {{isBB: [0]}} to b when bb is a label of its own)")
     return np.where(n_matches == 1, matches.argmax(axis=0), -1).astype(np.int16)
+
+
+def label_map(truth_labels: Sequence[str], classes: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """Output-class index for every truth-label index (-1: the label belongs to no class)."""
+    mapping = np.full(len(truth_labels), -1, dtype=np.int64)
+    for class_index, members in enumerate(classes.values()):
+        for label in members:
+            if label not in truth_labels:
+                raise ValueError(f"class member '{label}' is not a truth label of the dataset "
+                                 f"({', '.join(truth_labels)}); the config and the dataset disagree, "
+                                 f"rebuild the dataset or fix `classes`")
+            mapping[list(truth_labels).index(label)] = class_index
+    return mapping

@@ -90,6 +90,9 @@ class TorchModel(nn.Module, Model):
                 outputs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, self.spec.n_classes), np.float32)
 
+    def export_onnx(self, path: Path, batch: Mapping[str, np.ndarray], tolerance: float) -> dict:
+        return export_onnx(self, path, batch, tolerance)
+
     def input_keys(self) -> tuple[str, ...]:
         return tuple(k for g in self.groups for k in ((g,) if g == "global" else (g, f"mask_{g}")))
 

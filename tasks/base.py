@@ -28,9 +28,13 @@ from typing import Any, ClassVar
 import law
 import luigi
 
+import dataloaders  # noqa: F401  (importing the plugin packages registers the shipped plugins)
+import models  # noqa: F401
+import processors  # noqa: F401
 from bhive import identity
 from bhive.config import Config, ConfigError, load_config
 from bhive.identity import VersionConflictError
+from bhive.plugins.registry import load_plugins
 from bhive.store import LOCK_FILE, check_name, output_lock, stable_hash, store_path
 
 logger = logging.getLogger(__name__)
@@ -52,30 +56,27 @@ class NameParameter(luigi.Parameter):
 
     def normalize(self, x: Any) -> Any:
         x = super().normalize(x)
-        if x in ("", None, law.NO_STR):
-            return x
-        return check_name(x, self.flag)
+        return x if x in ("", None, law.NO_STR) else self.checked(x)
+
+    def checked(self, value: str) -> str:
+        return check_name(value, self.flag)
 
 
-class ConfigParameter(luigi.Parameter):
+class ConfigParameter(NameParameter):
     """A config: a name in the config directory, or a path to a YAML file anywhere.
 
     A path is made absolute, so batch jobs find it; its store name is the file's stem.
     """
 
     def __init__(self, *args: Any, flag: str = "--config", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.flag = flag
+        super().__init__(*args, flag=flag, **kwargs)
 
-    def normalize(self, x: Any) -> Any:
-        x = super().normalize(x)
-        if x in ("", None, law.NO_STR):
-            return x
-        if not is_config_path(x):
-            return check_name(x, self.flag)
-        path = Path(x).expanduser().resolve()
+    def checked(self, value: str) -> str:
+        if not is_config_path(value):
+            return super().checked(value)
+        path = Path(value).expanduser().resolve()
         if not path.is_file():
-            raise ConfigError(f"{self.flag} {x}: no such file; give a config name (configs/<name>.yml) or the "
+            raise ConfigError(f"{self.flag} {value}: no such file; give a config name (configs/<name>.yml) or the "
                               f"path of a YAML file")
         check_name(path.stem, f"{self.flag} file name")
         return str(path)
@@ -150,7 +151,9 @@ class BaseTask(law.Task):
     @property
     def cfg(self) -> Config:
         # Not cached: luigi reuses task instances, and an edited config must be seen.
-        return load_config(self.config)
+        cfg = load_config(self.config)
+        load_plugins(getattr(cfg, "plugins", ()))
+        return cfg
 
     # -- store layout ---------------------------------------------------------------------
 

@@ -1,19 +1,14 @@
-"""Inference and evaluation tasks: scores on a test dataset, ROC curves, working points, and
-EvaluationTask, which runs the whole chain and writes summary.json and summary.md."""
+"""Inference and evaluation tasks: scores on a test dataset, ROC curves, working points,
+distributions, comparisons, and EvaluationTask, which runs them all and writes the summary."""
 
 from __future__ import annotations
 
-import csv
-
 import luigi
-import numpy as np
 
-from bhive import evaluation
-from bhive.roc import roc_curve
+from bhive import inference, training
 from bhive.config import ConfigError
-from bhive.store import atomic_write, atomic_write_json, check_name, read_json
-from models import inference
-from models.fitting import ARTIFACT, plot_history
+from bhive.evaluation import comparison, curves, distributions, summary, working_points
+from bhive.store import check_name, read_json
 from tasks.base import DatasetVersionTask, config_name
 from tasks.dataset import DatasetConstructionTask
 from tasks.parameters import DatasetParameters, TestParameters, TrainingParameters
@@ -53,7 +48,7 @@ class InferenceTask(ScoringTask):
         inference.check_predictions(self.local_path(), verify=self.verify)
 
     def run(self):
-        predictions = inference.predict_dataset(self.cfg, self.training().local_path(ARTIFACT),
+        predictions = inference.predict_dataset(self.cfg, self.training().local_path(training.ARTIFACT),
                                                 self.requires()["test"].output_directory())
         inference.write_predictions(self.local_path(), predictions)
 
@@ -67,9 +62,6 @@ class _EvaluationTask(ScoringTask):
     def predictions(self) -> dict:
         return inference.read_predictions(InferenceTask.req(self).local_path())
 
-    def discriminators(self, info) -> dict:
-        return evaluation.discriminators_for(self.cfg.discriminators, info["classes"])
-
 
 class ROCCurveTask(_EvaluationTask):
     """ROC curves per discriminator, for all jets, per process and per configured cut."""
@@ -77,20 +69,10 @@ class ROCCurveTask(_EvaluationTask):
     config_keys = ("discriminators", "processes")
 
     def output(self):
-        return self.local_target("aucs.json")
+        return self.local_target(curves.AUCS)
 
     def run(self):
-        predictions = self.predictions()
-        arrays, info = predictions["arrays"], predictions["info"]
-        masks = evaluation.selections(arrays, info, self.cfg.processes)
-        discriminators = self.discriminators(info)
-        curves, notes = evaluation.roc_curves(arrays, info, discriminators, masks)
-        aucs = {name: {selection: curve.auc() for selection, curve in per.items()} for name, per in curves.items()}
-        for name, per_selection in curves.items():
-            signal, background = discriminators[name]
-            if per_selection:
-                evaluation.plot_rocs(per_selection, name, signal, background, self.local_path("roc", name))
-        atomic_write_json(self.local_path("aucs.json"), {"auc": aucs, "notes": notes})
+        curves.write_roc_curves(self.predictions(), self.cfg.discriminators, self.cfg.processes, self.local_path())
 
 
 class WorkingPointTask(_EvaluationTask):
@@ -103,23 +85,9 @@ class WorkingPointTask(_EvaluationTask):
         return {"json": self.local_target("working_points.json"), "csv": self.local_target("working_points.csv")}
 
     def run(self):
-        predictions = self.predictions()
-        arrays, info = predictions["arrays"], predictions["info"]
-        rows = []
-        discriminators = self.discriminators(info)
-        configured = self.cfg.working_points or {name: evaluation.WORKING_POINTS for name in ("BvsL", "BvsAll", "CvsL")}
-        for name, targets in configured.items():
-            if name in discriminators:
-                signal, background = discriminators[name]
-                rows += evaluation.working_point_table(arrays, info, name, signal, background, self.cfg.bins_pt,
-                                                       self.cfg.bins_eta, self.local_path("plots"), targets)
-        with atomic_write(self.local_path("working_points.csv"), newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["discriminator", "working_point", "target_misid", "threshold", "efficiency", "misid"])
-            for row in rows:
-                writer.writerow([row[k] for k in ("discriminator", "working_point", "target_misid", "threshold",
-                                                  "efficiency", "misid")])
-        atomic_write_json(self.local_path("working_points.json"), rows)
+        cfg = self.cfg
+        working_points.write_working_points(self.predictions(), cfg.discriminators, cfg.working_points,
+                                            cfg.bins_pt, cfg.bins_eta, self.local_path())
 
 
 class ScoreDistributionTask(_EvaluationTask):
@@ -129,12 +97,7 @@ class ScoreDistributionTask(_EvaluationTask):
         return self.local_target("confusion.json")
 
     def run(self):
-        predictions = self.predictions()
-        arrays, classes = predictions["arrays"], predictions["info"]["classes"]
-        evaluation.plot_score_distributions(arrays, classes, self.local_path("plots"))
-        matrix = evaluation.confusion_matrix(arrays, len(classes))
-        evaluation.plot_confusion(matrix, classes, self.local_path("plots", "confusion"))
-        atomic_write_json(self.local_path("confusion.json"), {"classes": classes, "matrix": matrix.tolist()})
+        distributions.write_score_distributions(self.predictions(), self.local_path())
 
 
 class FeatureDistributionTask(TestParameters, DatasetParameters, DatasetVersionTask):
@@ -159,35 +122,8 @@ class FeatureDistributionTask(TestParameters, DatasetParameters, DatasetVersionT
         return self.local_target("features.json")
 
     def run(self):
-        from bhive import dataset
-        from dataloaders.base import label_map
-
-        directory = self.requires().output_directory()
-        meta = dataset.load_meta(directory)
-        shards, n = [], 0
-        for shard in meta["shards"]:
-            shards.append(dataset.open_shard(directory, shard["name"]))
-            n += shard["n_jets"]
-            if n >= self.max_jets:
-                break
-        labels = label_map(meta["truth_labels"], self.cfg.classes)[
-            np.concatenate([s["truth"] for s in shards])[:self.max_jets]]
-        weights = np.concatenate([s["weight"] for s in shards])[:self.max_jets]
-        classes = list(self.cfg.classes)
-        written = []
-        for group, names in meta["features"].items():
-            values = np.concatenate([np.asarray(s[group][:self.max_jets]) for s in shards])[:self.max_jets]
-            if values.ndim == 3:  # the leading candidate; jets without one are left out per feature
-                present = np.concatenate([s[f"mask_{group}"][:, 0] for s in shards])[:self.max_jets]
-                values = np.where(present[:, None], values[:, 0, :], np.nan)
-            columns = {name: values[:, i] for i, name in enumerate(names)}
-            for weighted in (False, True):
-                kind = "weighted" if weighted else "unweighted"
-                written += evaluation.plot_feature_distributions(
-                    columns, labels, weights, classes, f"{group} ({kind})", self.local_path(f"{group}_{kind}"),
-                    weighted)
-        atomic_write_json(self.local_path("features.json"),
-                          {"plots": sorted(p.name for p in written), "n_jets": int(len(labels))})
+        distributions.write_feature_distributions(self.requires().output_directory(), self.cfg.classes,
+                                                  self.max_jets, self.local_path())
 
 
 class ComparisonTask(_EvaluationTask):
@@ -206,13 +142,12 @@ class ComparisonTask(_EvaluationTask):
         """The compared trainings, each scoring this task's test dataset."""
         tasks = []
         for spec in filter(None, (s.strip() for s in self.compare.split(","))):
-            config, _, training = spec.rpartition(":")
-            version, _, model = training.partition("/")
+            config, _, trained = spec.rpartition(":")
+            version, _, model = trained.partition("/")
             if not model:
                 raise ConfigError(f"--compare {spec}: write [config:]training_version/Model, e.g. v1/DNN or "
                                   f"offline_ak4:v3/DeepJet")
-            for part, what in ((version, "training version"), (model, "model"), *(((config, "config"),) if config
-                                                                                   else ())):
+            for part, what in ((version, "training version"), (model, "model"), (config or self.config, "config")):
                 check_name(part, f"--compare {spec}: {what}")
             tasks.append(InferenceTask.req(self, config=config or self.config, training_version=version,
                                            model_name=model, test_config=self.test_config or self.config))
@@ -224,31 +159,15 @@ class ComparisonTask(_EvaluationTask):
     def output(self):
         return self.local_target("comparison.json")
 
+    def label(self, task: InferenceTask) -> str:
+        prefix = f"{task.config_name}: " if task.config_name != self.config_name else ""
+        return f"{prefix}{task.model()} ({task.training_version})"
+
     def run(self):
-        own = self.predictions()
-        entries = {f"{self.training().model()} ({self.training().training_version})": own}
+        entries = {self.label(InferenceTask.req(self)): self.predictions()}
         for task in self.requires()["others"]:
-            prefix = f"{task.config}: " if task.config != self.config else ""
-            entries[f"{prefix}{task.training().model()} ({task.training().training_version})"] = \
-                inference.read_predictions(task.local_path())
-        arrays, info = own["arrays"], own["info"]
-        results = {}
-        for name, (signal, background) in self.discriminators(info).items():
-            curves = {}
-            for label, predictions in entries.items():
-                values, is_signal, used = evaluation.discriminator_values(
-                    predictions["arrays"], predictions["info"], signal, background)
-                curves[label] = roc_curve(values[used], is_signal[used], what=f"{name} of {label}")
-            for column, reference in enumerate(info["extras"]):
-                tagger, _, reference_name = reference.partition("/")
-                if reference_name == name:
-                    _, is_signal, used = evaluation.discriminator_values(arrays, info, signal, background)
-                    curves[f"{tagger} (reference)"] = roc_curve(arrays["extras"][used, column], is_signal[used],
-                                                                what=f"{name} of {tagger}")
-            if len(curves) > 1:
-                evaluation.plot_comparison(curves, name, signal, background, self.local_path("roc", name))
-            results[name] = {label: curve.auc() for label, curve in curves.items()}
-        atomic_write_json(self.local_path("comparison.json"), results)
+            entries[self.label(task)] = inference.read_predictions(task.local_path())
+        comparison.write_comparison(entries, self.cfg.discriminators, self.local_path())
 
 
 class EvaluationTask(_EvaluationTask):
@@ -267,40 +186,11 @@ class EvaluationTask(_EvaluationTask):
 
     def run(self):
         inputs = self.requires()
-        aucs = read_json(inputs["roc"].local_path("aucs.json"))
-        points = read_json(inputs["working_points"].local_path("working_points.json"))
-        history = read_json(self.training().local_path("history.json"))
-        comparison = read_json(inputs["comparison"].local_path("comparison.json"))
-        confusion = read_json(inputs["scores"].local_path("confusion.json"))
-        plot_history(history, self.local_path("plots"))
-        summary = {"config": self.config, "model": self.training().model(), "auc": aucs["auc"],
-                   "notes": aucs["notes"], "comparison_auc": comparison, "confusion": confusion,
-                   "working_points": [{k: row[k] for k in ("discriminator", "working_point", "target_misid",
-                                                           "threshold", "efficiency", "misid")} for row in points],
-                   "epochs_trained": len(history), "final_val_loss": history[-1].get("val_loss")}
-        atomic_write_json(self.local_path("summary.json"), summary)
-        lines = [f"# {self.training().model()} on {self.config} (version {self.version})", "",
-                 "## AUC", "", "| discriminator | " + " | ".join(next(iter(aucs["auc"].values()), {})) + " |",
-                 "|---|" + "---|" * len(next(iter(aucs["auc"].values()), {}))]
-        for name, per in aucs["auc"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in per.values()) + " |")
-        lines += ["", "## Working points (all jets)", "", "| discriminator | WP | target mis-id | threshold | "
-                  "efficiency | mis-id |", "|---|---|---|---|---|---|"]
-        for row in summary["working_points"]:
-            lines.append(f"| {row['discriminator']} | {row['working_point']} | {row['target_misid']:g} | "
-                         f"{row['threshold']:.4f} | {row['efficiency']:.4f} | {row['misid']:.5f} |")
-        if any(len(per) > 1 for per in comparison.values()):
-            labels = list(next(per for per in comparison.values() if len(per) > 1))
-            lines += ["", "## Comparison (AUC, all jets)", "", "| discriminator | " + " | ".join(labels) + " |",
-                      "|---|" + "---|" * len(labels)]
-            for name, per in comparison.items():
-                lines.append(f"| {name} | " + " | ".join(f"{per[k]:.4f}" if k in per else "" for k in labels) + " |")
-        lines += ["", "## Confusion (fraction of each true class, by highest score)", "",
-                  "| true \\ predicted | " + " | ".join(confusion["classes"]) + " |",
-                  "|---|" + "---|" * len(confusion["classes"])]
-        for cls, row in zip(confusion["classes"], confusion["matrix"]):
-            lines.append(f"| {cls} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-        lines += ["", f"Training: {len(history)} epochs, final validation loss "
-                  f"{history[-1].get('val_loss', float('nan')):.4f} (plots/loss.png)."]
-        with atomic_write(self.local_path("summary.md")) as stream:
-            stream.write("\n".join(lines) + "\n")
+        history = read_json(inputs["training"].local_path(training.HISTORY))
+        training.plot_history(history, self.local_path("plots"))
+        summary.write_summary(
+            f"{self.model()} on {self.config_name} (version {self.version})", self.config_name, self.model(),
+            read_json(inputs["roc"].local_path(curves.AUCS)),
+            read_json(inputs["working_points"].local_path("working_points.json")),
+            read_json(inputs["comparison"].local_path("comparison.json")),
+            read_json(inputs["scores"].local_path("confusion.json")), history, self.local_path())

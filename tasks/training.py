@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from bhive import training
 from bhive.config import ConfigError
-from bhive.training import TrainingError
-from models import fitting
 from tasks.base import DatasetVersionTask
 from tasks.dataset import DatasetConstructionTask
 from tasks.parameters import DatasetParameters, TrainingParameters
@@ -38,23 +37,23 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask):
         return {"model": self.model()}
 
     def output(self):
-        return {"model": self.local_target(fitting.ARTIFACT, "model.json"),
-                "history": self.local_target(fitting.HISTORY)}
+        return {"model": self.local_target(training.ARTIFACT, "model.json"),
+                "history": self.local_target(training.HISTORY)}
 
     def discard_leftovers(self, changed) -> None:
         if self.resume:
-            raise TrainingError(
+            raise training.TrainingError(
                 f"--resume: the checkpoint in {self.local_path('work')} belongs to a training with other settings "
                 f"({'; '.join(d.describe() for d in changed[:4])}); resume with those settings, or start this one "
                 f"without --resume (or under a new --training-version)")
 
     def check_intact(self) -> None:
-        fitting.check_artifact(self.local_path(fitting.ARTIFACT), verify=self.verify)
+        training.check_artifact(self.local_path(training.ARTIFACT), verify=self.verify)
 
     def settings(self):
         if self.sampling and self.sampling not in ("stochastic", "loss_weight"):
             raise ConfigError(f"--sampling {self.sampling}: choose stochastic or loss_weight")
-        return fitting.training_settings(
+        return training.training_settings(
             self.cfg, epochs=self.epochs or None, batch_size=self.batch_size or None,
             learning_rate=self.learning_rate or None, sampling=self.sampling or None, seed=self.seed,
             device=self.device, precision=self.precision, compile=self.compile,
@@ -63,5 +62,5 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask):
     def run(self):
         inputs = self.requires()
         validation = inputs["validation"].output_directory() if "validation" in inputs else None
-        fitting.train(self.cfg, self.model(), inputs["dataset"].output_directory(), self.local_path(),
+        training.train(self.cfg, self.model(), inputs["dataset"].output_directory(), self.local_path(),
                       self.settings(), resume=self.resume, validation_dir=validation)

@@ -8,7 +8,7 @@ import uproot
 from sklearn.metrics import roc_auc_score
 
 from bhive.discriminators import discriminator
-from models import inference
+from bhive import inference
 from tasks.evaluation import (ComparisonTask, EvaluationTask, FeatureDistributionTask, InferenceTask,
                               ROCCurveTask, ScoreDistributionTask, WorkingPointTask)
 from tests.test_training_tasks import configure

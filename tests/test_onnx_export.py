@@ -23,7 +23,7 @@ from torch import nn
 from bhive.config import CONFIG_DIR, available_configs, load_config
 from bhive.standardisation import feature_statistics
 from dataloaders.base import LoaderSettings, dataloader_class
-from models import fitting
+from bhive import training as fitting
 from models.base import MODELS, InputSpec, ModelError, model_class
 from models.torch_model import EXPORT_BATCH_SIZE, TorchModel, export_onnx
 from tasks.dataset import DatasetConstructionTask

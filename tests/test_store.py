@@ -4,7 +4,6 @@ damaged outputs, concurrent runs and a full disk."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import subprocess

@@ -14,12 +14,13 @@ import pytest
 import skops.io
 import torch
 
-from bhive import dataset, training
+from bhive import dataset
+from bhive.training import loop as training
 from bhive.standardisation import feature_statistics
 from bhive.training import TrainingError, TrainingStopped, learning_rate_factor
 from dataloaders.base import LoaderSettings, label_map
 from dataloaders.shards import ShardDataLoader
-from models import fitting
+from bhive import training as fitting
 from models.base import MODEL_FILE, ModelError, file_records, load_model, model_class
 from models.gradient_boosting import ESTIMATOR_FILE, PICKLED_ESTIMATOR_FILE, load_estimator
 from models.torch_model import WEIGHTS_FILE

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from bhive import dataset, plotting
-from bhive.training import seed_everything
 from bhive.config import Config
-from bhive.store import (atomic_directory, atomic_write_json, code_version, read_json)
-from dataloaders.base import LoaderSettings, dataloader_class
-from models.base import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, check_files, model_class
+from bhive.plugins.dataloader import LoaderSettings, dataloader_class
+from bhive.plugins.model import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, check_files, model_class
+from bhive.store import atomic_directory, atomic_write_json, code_version, read_json
+from bhive.training.loop import seed_everything
 
 ARTIFACT = "model"
 HISTORY = "history.json"
@@ -61,7 +61,7 @@ def loader(cfg: Config, model: Model, dataset_dir: Path, settings: TrainingSetti
            validation_dir: Path | None = None):
     loader_settings = LoaderSettings(batch_size=settings.batch_size, seed=settings.seed,
                                      validation_fraction=cfg.training.validation_fraction,
-                                     sampling=settings.sampling, workers=settings.loader_workers)
+                                     sampling=settings.sampling)
     return dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
                                             loader_settings, validation_directory=validation_dir)
 

@@ -10,8 +10,9 @@ import numpy as np
 from bhive import dataset
 from bhive.config import Config
 from bhive.store import atomic_path, atomic_write_json, file_problem, file_record, read_json
-from dataloaders.base import LoaderSettings, dataloader_class, label_map
-from models.base import ModelError, load_model
+from bhive.plugins.dataloader import LoaderSettings, dataloader_class
+from bhive.plugins.model import ModelError, load_model
+from bhive.truth import label_map
 
 ARRAYS = ("scores", "truth", "label", "kinematics", "process", "extras", "weight")
 INFO = "info.json"

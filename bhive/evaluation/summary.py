@@ -1,0 +1,52 @@
+"""The summary of one evaluated training: ``summary.json`` and ``summary.md`` (AUC per
+discriminator and selection, working points, comparison, confusion matrix, training history)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bhive.evaluation.working_points import TABLE_COLUMNS
+from bhive.store import atomic_write, atomic_write_json
+
+
+def write_summary(title: str, config: str, model: str, aucs: Mapping, points: Sequence[Mapping],
+                  comparison: Mapping, confusion: Mapping, history: Sequence[Mapping], directory: Path) -> dict:
+    """``summary.json`` and ``summary.md`` from the outputs of the other evaluation steps."""
+    summary = {"config": config, "model": model, "auc": aucs["auc"], "notes": aucs["notes"],
+               "comparison_auc": comparison, "confusion": confusion,
+               "working_points": [{k: row[k] for k in TABLE_COLUMNS} for row in points],
+               "epochs_trained": len(history), "final_val_loss": history[-1].get("val_loss")}
+    atomic_write_json(directory / "summary.json", summary)
+    with atomic_write(directory / "summary.md") as stream:
+        stream.write("\n".join(markdown(title, summary, history)) + "\n")
+    return summary
+
+
+def markdown(title: str, summary: Mapping, history: Sequence[Mapping]) -> list[str]:
+    """The lines of ``summary.md``."""
+    aucs, comparison, confusion = summary["auc"], summary["comparison_auc"], summary["confusion"]
+    selections = next(iter(aucs.values()), {})
+    lines = [f"# {title}", "", "## AUC", "", "| discriminator | " + " | ".join(selections) + " |",
+             "|---|" + "---|" * len(selections)]
+    for name, per in aucs.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in per.values()) + " |")
+    lines += ["", "## Working points (all jets)", "", "| discriminator | WP | target mis-id | threshold | "
+              "efficiency | mis-id |", "|---|---|---|---|---|---|"]
+    for row in summary["working_points"]:
+        lines.append(f"| {row['discriminator']} | {row['working_point']} | {row['target_misid']:g} | "
+                     f"{row['threshold']:.4f} | {row['efficiency']:.4f} | {row['misid']:.5f} |")
+    if any(len(per) > 1 for per in comparison.values()):
+        labels = list(next(per for per in comparison.values() if len(per) > 1))
+        lines += ["", "## Comparison (AUC, all jets)", "", "| discriminator | " + " | ".join(labels) + " |",
+                  "|---|" + "---|" * len(labels)]
+        for name, per in comparison.items():
+            lines.append(f"| {name} | " + " | ".join(f"{per[k]:.4f}" if k in per else "" for k in labels) + " |")
+    lines += ["", "## Confusion (fraction of each true class, by highest score)", "",
+              "| true \\ predicted | " + " | ".join(confusion["classes"]) + " |",
+              "|---|" + "---|" * len(confusion["classes"])]
+    for cls, row in zip(confusion["classes"], confusion["matrix"]):
+        lines.append(f"| {cls} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    lines += ["", f"Training: {len(history)} epochs, final validation loss "
+              f"{history[-1].get('val_loss', float('nan')):.4f} (plots/loss.png)."]
+    return lines

@@ -1,0 +1,219 @@
+"""The processor contract: one chunk of events in, one dataset piece out.
+
+A processor for a new ntuple flavour subclasses :class:`JetProcessor` and writes one
+method, :meth:`JetProcessor.jet_table`, that turns a chunk of events into one record per jet.
+Everything after that is common to all flavours and lives here: custom features, the pt/eta
+preselection, truth labels, padding candidates to fixed size, dropping non-finite jets,
+the per-label pt x eta histograms, and writing the piece.
+
+Processors run under coffea's ``processor.Runner`` with any executor (iterative, futures,
+dask), so ``process`` depends only on its chunk and the processor's own settings.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+from coffea import processor
+
+from bhive import expressions, inputs, pieces, reweighting
+from bhive.config import Config
+from bhive.plugins.registry import Registry
+from bhive.truth import truth_index
+
+#: name of each candidate group's array and its mask in a dataset
+GROUP_ARRAYS = {"cpf": ("cpf", "mask_cpf"), "npf": ("npf", "mask_npf"), "vtx": ("vtx", "mask_vtx")}
+
+PROCESSORS = Registry("processor", "Set `processor:` in the config")
+
+
+class ProcessorError(ValueError):
+    """A chunk of input that the processor cannot turn into a piece."""
+
+
+class JetProcessor(processor.ProcessorABC):
+    """Base of processor plugins; subclasses implement :meth:`jet_table`.
+
+    Subclasses register by class name, so ``processor: MyProcessor`` in a config selects
+    them once their module is imported (``processors/__init__.py`` imports the shipped ones).
+
+    Parameters
+    ----------
+    cfg:
+        the validated config (features, truth rules, bins, reference taggers).
+    piece_directory:
+        where pieces are written; must be reachable from every worker.
+    file_processes:
+        process index of every input file, keyed by the file name as the executor sees it.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        PROCESSORS.add(cls)
+
+    def __init__(self, cfg: Config, piece_directory: str | Path, file_processes: dict[str, int]) -> None:
+        self.cfg = cfg
+        self.piece_directory = str(piece_directory)
+        self.file_processes = dict(file_processes)
+
+    # -- what subclasses provide ---------------------------------------------------------
+
+    @abstractmethod
+    def jet_table(self, events) -> ak.Array:
+        """One entry per jet for a chunk of events.
+
+        Fields: every branch the config reads, by the name the config uses. Global features,
+        truth branches and reference-tagger branches are one value per jet; candidate
+        features are a variable-length list per jet (all features of one group with the
+        same lengths). Further fields are ignored.
+        """
+
+    def required_branches(self) -> set[str]:
+        """Input branches that must exist in every file (checked before processing)."""
+        return self.cfg.branches() | set(self.cfg.reference_branches())
+
+    # -- common processing ---------------------------------------------------------------
+
+    def process(self, events) -> dict:
+        metadata = events.metadata
+        source = metadata["filename"]
+        name = pieces.piece_name(source, metadata.get("treename", ""), metadata["entrystart"], metadata["entrystop"])
+        directory = Path(self.piece_directory) / name
+        info = pieces.read_info(directory)
+        if info is None:
+            try:
+                arrays, info = self.build(self.jet_table(events), source)
+            except Exception as error:
+                # the events are read lazily, so damage in the file's baskets surfaces here
+                damaged = inputs.damaged_file_error(source, error)
+                if damaged is not None:
+                    raise damaged from error
+                if isinstance(error, ValueError):
+                    raise  # b-hive's own errors already name the file and the fix
+                raise ProcessorError(
+                    f"{source} (entries {metadata['entrystart']}-{metadata['entrystop']}) cannot be processed: "
+                    f"{type(error).__name__}: {error}") from error
+            info.update(file=source, entry_start=metadata["entrystart"], entry_stop=metadata["entrystop"])
+            pieces.write_piece(directory, arrays, info)
+            info = pieces.read_info(directory)
+        return {"pieces": {name: info}}
+
+    def postprocess(self, accumulator):
+        return accumulator
+
+    def build(self, table: ak.Array, source: str) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays and bookkeeping of one chunk's jets (no I/O)."""
+        cfg = self.cfg
+        columns = {field: table[field] for field in table.fields}
+        self._add_custom_features(columns, source)
+        n_read = len(table)
+
+        pt = _scalar(columns, cfg.pt_key, source)
+        eta = _scalar(columns, cfg.eta_key, source)
+        in_range = ((pt >= cfg.bins_pt[0]) & (pt < cfg.bins_pt[-1])
+                    & (eta >= cfg.bins_eta[0]) & (eta < cfg.bins_eta[-1]))
+        truth_columns = {b: _scalar(columns, b, source) for rule in cfg.truths for b in
+                         (c.branch for c in rule.conditions)}
+        truth = truth_index(truth_columns, cfg.truths, source)
+        selected = in_range & (truth >= 0)
+
+        arrays = {"global": self._global_array(columns, selected, source)}
+        for group in cfg.candidate_groups.values():
+            values, mask = self._candidate_array(group, columns, selected, source)
+            array_name, mask_name = GROUP_ARRAYS[group.name]
+            arrays[array_name], arrays[mask_name] = values, mask
+        arrays["truth"] = truth[selected].astype(np.int16)
+        arrays["kinematics"] = np.stack([pt[selected], eta[selected]], axis=1).astype(np.float32)
+        arrays["process"] = np.full(int(selected.sum()), self.file_processes.get(source, -1), dtype=np.int16)
+        reference_branches = cfg.reference_branches()
+        arrays["extras"] = np.stack([_scalar(columns, b, source)[selected] for b in reference_branches], axis=1) \
+            .astype(np.float32) if reference_branches else np.zeros((int(selected.sum()), 0), np.float32)
+
+        finite = np.ones(len(arrays["truth"]), dtype=bool)
+        for key in ("global", "cpf", "npf", "vtx", "kinematics"):
+            if key in arrays:
+                values = arrays[key]
+                finite &= np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+        if not finite.all():
+            arrays = {k: v[finite] for k, v in arrays.items()}
+
+        counts = reweighting.histograms(arrays["kinematics"][:, 0], arrays["kinematics"][:, 1], arrays["truth"],
+                                        cfg.bins_pt, cfg.bins_eta, len(cfg.truth_labels))
+        info = {
+            "process": int(self.file_processes.get(source, -1)),
+            "n_jets": int(len(arrays["truth"])),
+            "counts": {
+                "read": int(n_read),
+                "out_of_range": int((~in_range).sum()),
+                "no_label": int((in_range & (truth < 0)).sum()),
+                "non_finite": int((~finite).sum()),
+                "kept": int(len(arrays["truth"])),
+            },
+            "histograms": counts.tolist(),
+        }
+        return arrays, info
+
+    def _add_custom_features(self, columns: dict, source: str) -> None:
+        cfg = self.cfg
+        custom = dict(cfg.global_custom_features)
+        for group in cfg.candidate_groups.values():
+            custom.update(group.custom_features)
+        for name, expression in custom.items():
+            columns[name] = expressions.evaluate(expression, columns, name, source)
+
+    def _global_array(self, columns, selected, source) -> np.ndarray:
+        names = [*self.cfg.global_features, *self.cfg.global_custom_features]
+        n = int(selected.sum())
+        out = np.empty((n, len(names)), dtype=np.float32)
+        for i, name in enumerate(names):
+            out[:, i] = _scalar(columns, name, source)[selected]
+        return out
+
+    def _candidate_array(self, group, columns, selected, source) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-padded (jets, n_candidates, features) array and its (jets, n_candidates) mask."""
+        names = [*group.features, *group.custom_features]
+        n_jets, size = int(selected.sum()), group.n_candidates
+        counts, values = None, []
+        for name in names:
+            jagged = columns[name]
+            if jagged.ndim != 2:
+                raise ProcessorError(f"{source}: candidate feature '{name}' of group {group.name} is not a list "
+                                     f"per jet; move it to global_features or fix the branch name")
+            lengths = ak.to_numpy(ak.num(jagged, axis=1))
+            if counts is None:
+                counts = lengths
+            elif not np.array_equal(lengths, counts):
+                raise ProcessorError(f"{source}: candidate features '{names[0]}' and '{name}' of group {group.name} "
+                                     f"have different numbers of entries per jet; they must come from one collection")
+            values.append(ak.to_numpy(ak.flatten(jagged)))
+        # Work on the flat candidate buffers of all jets, then keep the selected jets' first
+        # `size` candidates: one scatter of whole rows instead of a jagged selection per feature.
+        slot = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        jet_row = np.repeat(np.cumsum(selected) - 1, counts)
+        keep = np.repeat(selected, counts) & (slot < size)
+        out = np.zeros((n_jets, size, len(names)), dtype=np.float32)
+        out[jet_row[keep], slot[keep]] = np.stack(values, axis=1)[keep]
+        counts = counts[selected]
+        mask = np.arange(size)[None, :] < np.minimum(counts, size)[:, None]
+        return out, mask
+
+
+def _scalar(columns: dict, name: str, source: str) -> np.ndarray:
+    try:
+        values = columns[name]
+    except KeyError:
+        raise ProcessorError(f"{source}: branch '{name}' is missing from the processor's jet table") from None
+    if isinstance(values, ak.Array):
+        if values.ndim != 1:
+            raise ProcessorError(f"{source}: '{name}' has more than one value per jet; use it as a candidate "
+                                 f"feature or pick a scalar branch")
+        values = ak.to_numpy(values)
+    return np.asarray(values)
+
+
+def processor_class(name: str) -> type[JetProcessor]:
+    """The registered processor class called ``name``; an unknown name lists the known ones."""
+    return PROCESSORS.get(name)
