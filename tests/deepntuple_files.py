@@ -47,6 +47,14 @@ def write_deepntuple(path: Path, n_jets: int, seed: int, b_fraction: float = 0.3
     return {"flavour": flavour, "pt": pt, "eta": eta, "n_cand": n_cand, "n_sv": n_sv}
 
 
+def write_samples(directory: Path, n_jets: int) -> Path:
+    """Training and test files of a ttbar and a QCD process in ``directory`` (created)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, seed in (("train_ttbar", 1), ("train_qcd", 2), ("test_ttbar", 3), ("test_qcd", 4)):
+        write_deepntuple(directory / f"{name}_0.root", n_jets, seed=seed)
+    return directory
+
+
 def unit_config(sample_dir: Path, **overrides) -> dict:
     config = {
         "treename": TREE,

@@ -24,7 +24,7 @@ from bhive.identity import VersionConflictError
 from bhive.store import read_json
 from tasks.evaluation import EvaluationTask, InferenceTask, ROCCurveTask
 from tasks.training import TrainingTask
-from tests.deepntuple_files import unit_config, write_config, write_deepntuple
+from tests.deepntuple_files import unit_config, write_config, write_samples
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"DNN": {"hidden": [16]}, "GradientBoosting": {"max_iter": 20}}
@@ -38,10 +38,7 @@ def build(*tasks) -> bool:
 def trained(tmp_path_factory):
     """(root, config file) with a finished DNN training and its ROC curves, version v1."""
     root = tmp_path_factory.mktemp("identity")
-    samples = root / "samples"
-    samples.mkdir()
-    for name, seed in (("train_ttbar", 1), ("train_qcd", 2), ("test_ttbar", 3), ("test_qcd", 4)):
-        write_deepntuple(samples / f"{name}_0.root", 400, seed=seed)
+    samples = write_samples(root / "samples", 400)
     write_config(root / "configs", "unit", unit_config(
         samples, model_settings=SMALL, training={"epochs": 1, "batch_size": 128}))
     with pytest.MonkeyPatch.context() as patch:

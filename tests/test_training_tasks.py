@@ -8,16 +8,13 @@ import numpy as np
 from models.base import load_model
 from tasks.export import ExportTask
 from tasks.training import TrainingTask
-from tests.deepntuple_files import unit_config, write_config, write_deepntuple
+from tests.deepntuple_files import unit_config, write_config, write_samples
 
 SMALL = {"DNN": {"hidden": [16]}, "GradientBoosting": {"max_iter": 20}}
 
 
 def configure(tmp_path, monkeypatch):
-    samples = tmp_path / "samples"
-    samples.mkdir()
-    for name, seed in (("train_ttbar", 1), ("train_qcd", 2), ("test_ttbar", 3), ("test_qcd", 4)):
-        write_deepntuple(samples / f"{name}_0.root", 600, seed=seed)
+    samples = write_samples(tmp_path / "samples", 600)
     write_config(tmp_path / "configs", "unit", unit_config(
         samples, model_settings=SMALL, training={"epochs": 2, "batch_size": 128}))
     monkeypatch.setenv("BHIVE_CONFIG_DIR", str(tmp_path / "configs"))
