@@ -17,6 +17,7 @@ from bhive.config import (
     CandidateGroup,
     Config,
     ConfigError,
+    ConfigFile,
     Discriminator,
     ProcessConfig,
     SamplesConfig,
@@ -28,6 +29,7 @@ from bhive.config import (
     available_configs,
     load_config,
 )
+from bhive.config.schema import SimulateSection
 from tests.test_expressions import REFUSED
 
 SHIPPED_DEFAULT = CONFIG_DIR / "default.yml"
@@ -712,3 +714,56 @@ def test_config_error_is_value_error_with_parts(config_dir: Path) -> None:
     assert isinstance(error, ConfigError)
     assert error.file == config_dir / "user.yml"
     assert error.key == "pt_key"
+
+
+# --------------------------------------------------------------------------------------
+# Plugins
+# --------------------------------------------------------------------------------------
+
+
+def test_plugins_default_to_none_and_keep_their_order(config_dir: Path) -> None:
+    assert load(config_dir, BASE).plugins == ()
+    config = load(config_dir, changed(lambda c: c.update(plugins=["my_group.taggers", "other_group"])))
+    assert config.plugins == ("my_group.taggers", "other_group")
+    assert config.raw["plugins"] == ["my_group.taggers", "other_group"]
+
+
+@pytest.mark.parametrize(
+    ("plugins", "key", "fragment"),
+    [
+        (["my-group.taggers"], "plugins[0]", "'my-group.taggers' is not a Python module name"),
+        ([".taggers"], "plugins[0]", "dotted identifiers like 'my_group.taggers'"),
+        (["my_group..taggers"], "plugins[0]", "not a Python module name"),
+        (["ok", "my_group.class"], "plugins[1]", "not a Python module name"),
+        (["a.b", "a.b"], "plugins[1]", "listed twice"),
+        ("my_group.taggers", "plugins", "expected a list of plugin modules, got a string"),
+        ([3], "plugins[0]", "expected a non-empty string, got a number (3)"),
+    ],
+)
+def test_plugin_names_must_be_module_names(config_dir: Path, plugins: Any, key: str, fragment: str) -> None:
+    expect_error(config_dir, changed(lambda c: c.update(plugins=plugins)), key, fragment)
+
+
+# --------------------------------------------------------------------------------------
+# One source of defaults
+# --------------------------------------------------------------------------------------
+
+PER_CONFIG_KEYS = {"global_features", "truths", "reference_flavour"}
+
+
+def test_default_yml_sets_every_key_but_those_each_config_sets() -> None:
+    defaults = yaml.safe_load(SHIPPED_DEFAULT.read_text())
+    assert set(defaults) == set(ConfigFile.model_fields) - PER_CONFIG_KEYS
+    # the models declare no defaults of their own, apart from the optional settings of an
+    # entry the user names (default.yml cannot reach those)
+    for model in (ConfigFile, SamplesConfig, SimulateSection, TrainingConfig, Discriminator):
+        assert all(field.is_required() for field in model.model_fields.values()), model
+
+
+def test_error_in_a_key_default_yml_leaves_null_names_the_user_file(config_dir: Path) -> None:
+    # default.yml's null placeholders are no one's mistake: what is missing is the user's to add
+    expect_error(config_dir, changed(lambda c: c.pop("n_cpf_candidates")), "n_cpf_candidates",
+                 "required key 'n_cpf_candidates' is missing", "to user.yml (or to default.yml")
+    with pytest.raises(ConfigError) as info:
+        load(config_dir, changed(lambda c: c.pop("processes")))
+    assert info.value.file == config_dir / "user.yml"
