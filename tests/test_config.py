@@ -6,6 +6,8 @@ import copy
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +16,7 @@ import yaml
 
 from bhive.config import (
     CONFIG_DIR,
+    SCHEMA_COMMAND,
     CandidateGroup,
     Config,
     ConfigError,
@@ -28,8 +31,9 @@ from bhive.config import (
     TruthRule,
     available_configs,
     load_config,
+    schema_json,
 )
-from bhive.config.schema import SimulateSection
+from bhive.config.schema import SimulateSection, overlay
 from tests.test_expressions import REFUSED
 
 SHIPPED_DEFAULT = CONFIG_DIR / "default.yml"
@@ -767,3 +771,49 @@ def test_error_in_a_key_default_yml_leaves_null_names_the_user_file(config_dir: 
     with pytest.raises(ConfigError) as info:
         load(config_dir, changed(lambda c: c.pop("processes")))
     assert info.value.file == config_dir / "user.yml"
+
+
+# --------------------------------------------------------------------------------------
+# configs/schema.json for editors
+# --------------------------------------------------------------------------------------
+
+SCHEMA_FILE = CONFIG_DIR / "schema.json"
+
+
+def test_schema_json_is_current() -> None:
+    assert SCHEMA_FILE.read_text() == schema_json(), f"configs/schema.json is stale; regenerate it: {SCHEMA_COMMAND}"
+
+
+def test_schema_describes_a_config_as_written() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    text = json.dumps(schema)
+    assert '"required"' not in text and '"default"' not in text
+    assert set(schema["properties"]) == set(ConfigFile.model_fields)
+    assert schema["additionalProperties"] is False
+    assert all(spec.get("description") for spec in schema["properties"].values())
+    for definition in schema["$defs"].values():
+        assert definition["additionalProperties"] is False
+        assert all(spec.get("description") for spec in definition["properties"].values()), definition
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yml")), ids=lambda path: path.name)
+def test_shipped_config_file_validates_against_the_schema(path: Path) -> None:
+    text = path.read_text()
+    assert text.startswith("# yaml-language-server: $schema=schema.json\n")
+    # schema.json is generated from this overlay model; jsonschema is not a dependency
+    overlay(ConfigFile).model_validate(yaml.safe_load(text))
+
+
+def test_overlay_takes_a_partial_file_and_refuses_mistakes() -> None:
+    partial = overlay(ConfigFile).model_validate({"training": {"epochs": 3}, "simulate": {"npv_mean": 20}})
+    assert partial.training.epochs == 3 and partial.treename is None
+    for mistake in ({"trainig": {}}, {"training": {"epochs": 0}}, {"simulate": {"processes": {"q_cd": {}}}},
+                    {"plugins": ["a-b"]}):
+        with pytest.raises(ValueError):
+            overlay(ConfigFile).model_validate(mistake)
+
+
+def test_schema_command_prints_the_schema() -> None:
+    result = subprocess.run([sys.executable, "-m", "bhive.config", "--schema"], capture_output=True, text=True,
+                            cwd=CONFIG_DIR.parent, check=True)
+    assert result.stdout == schema_json()
