@@ -688,6 +688,16 @@ def test_simulate_optional_process_settings(config_dir: Path) -> None:
     )
 
 
+def test_null_optional_entry_settings_take_their_default(config_dir: Path) -> None:
+    content = simulated_base()
+    content["simulate"]["processes"]["qcd"].update(mpi=None, pythia_settings=None, pthat_bias_power=None)
+    content["processes"] = [{"name": "qcd", "match": ["*qcd_*"], "cuts": None}]
+    config = load(config_dir, content)
+    qcd = config.simulate.processes["qcd"]
+    assert (qcd.mpi, qcd.pythia_settings, qcd.pthat_bias_power) == (True, (), None)
+    assert config.processes[0].cuts == {} and config.raw["processes"][0]["cuts"] == {}
+
+
 def test_process_errors(config_dir: Path) -> None:
     expect_error(config_dir, changed(lambda c: c["processes"][1].update(name="ttbar")), "processes[1].name",
                  "used twice")

@@ -32,14 +32,15 @@ from pydantic import ValidationError
 
 from bhive import expressions
 from bhive.config.files import ConfigError, Sources, read_yaml
-from bhive.config.schema import (GROUP_KEYS, SCHEMA_COMMAND, ConfigFile, Discriminator, ProcessConfig, SamplesConfig,
-                                 TrainingConfig, schema_json)
-from bhive.config.values import TruthCondition, TruthRule, truth_rules
+from bhive.config.schema import (CANDIDATE_GROUPS, GROUP_KEYS, SCHEMA_COMMAND, ConfigFile, Discriminator, ProcessConfig,
+                                 SamplesConfig, TrainingConfig, schema_json)
+from bhive.config.values import CUT_KEYS, TRUTH_OPERATORS, TruthCondition, TruthRule, truth_rules
 
 __all__ = [
-    "CONFIG_DIR", "CandidateGroup", "Config", "ConfigError", "ConfigFile", "Discriminator", "ProcessConfig",
-    "SCHEMA_COMMAND", "SamplesConfig", "SimulateConfig", "SimulatedProcess", "TrainingConfig", "TruthCondition",
-    "TruthRule", "available_configs", "load_config", "schema_json",
+    "CANDIDATE_GROUPS", "CONFIG_DIR", "CUT_KEYS", "SCHEMA_COMMAND", "TRUTH_OPERATORS", "CandidateGroup", "Config",
+    "ConfigError", "ConfigFile", "Discriminator", "ProcessConfig", "SamplesConfig", "SimulateConfig",
+    "SimulatedProcess", "TrainingConfig", "TruthCondition", "TruthRule", "available_configs", "load_config",
+    "schema_json",
 ]
 
 CONFIG_DIR: Path = Path(__file__).resolve().parents[2] / "configs"

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origi
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model, model_validator
 from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import PydanticUndefined
 
 from bhive import expressions
 from bhive.config.values import (EMPTY_IF_NULL, Bool, Cuts, Edges, Expressions, Integer, ModuleName, Name, Names,
@@ -33,6 +34,8 @@ _EXPRESSIONS = "{name: expression} over input branches with allow-listed numpy (
 
 
 class Section(BaseModel):
+    """A mapping of config keys: frozen, and an unknown key is an error with a did-you-mean."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     @model_validator(mode="before")
@@ -45,7 +48,8 @@ class Section(BaseModel):
             if key not in cls.model_fields:
                 fail("", key, kind="unknown_key", allowed=tuple(cls.model_fields))
         # an optional setting of a named entry (mpi, cuts, ...) set to null takes its default
-        return {key: value for key, value in data.items() if value is not None or cls.model_fields[key].is_required()}
+        return {key: value for key, value in data.items() if value is not None or cls.model_fields[key].default in (
+            None, PydanticUndefined)}
 
 
 class SamplesConfig(Section):
@@ -154,6 +158,13 @@ def _group(what: str) -> tuple[Any, Any, Any]:
 
 _CPF, _NPF, _VTX = _group("charged PF candidates"), _group("neutral PF candidates"), _group("secondary vertices")
 _Count = Optional[Integer(1, "a number of candidates >= 1")]
+_Processes = Annotated[tuple[ProcessConfig, ...], NonEmpty(
+    list, "a list of {name, match, cuts} entries", "the list is empty; list at least one process"),
+    AfterValidator(_unique_processes)]
+_Scores = Annotated[dict[Name, Name], NonEmpty(
+    dict, "a mapping discriminator -> branch", "empty mapping; give at least one discriminator: branch pair")]
+_Targets = Annotated[dict[Name, Number("a mis-identification rate 0 < x < 1", gt=0, lt=1)], NonEmpty(
+    dict, "a mapping name -> target", "empty mapping; give at least one name: target pair, e.g. medium: 0.01")]
 
 
 class ConfigFile(Section):
@@ -162,9 +173,7 @@ class ConfigFile(Section):
     treename: Name = Field(description="TTree inside each input file ('directory/tree')")
     samples: Optional[SamplesConfig] = Field(description="recorded input ntuples; exactly one of samples, simulate")
     simulate: Optional[SimulateSection] = Field(description="built-in generation; exactly one of samples, simulate")
-    processes: Optional[Annotated[tuple[ProcessConfig, ...], NonEmpty(
-        list, "a list of {name, match, cuts} entries", "the list is empty; list at least one process"),
-        AfterValidator(_unique_processes)]] = Field(
+    processes: Optional[_Processes] = Field(
         description="which input files belong to which physics process, in order; required with samples, "
                     "null with simulate: one process per simulated process")
     process_overlap: Text("error", "warn", what="process_overlap") = Field(
@@ -195,15 +204,11 @@ class ConfigFile(Section):
     discriminators: Annotated[dict[Name, Discriminator], EMPTY_IF_NULL] = Field(
         description="name -> {signal: [classes], background: [classes]}, e.g. "
                     "BvsL: {signal: [b], background: [uds, g]}")
-    reference_taggers: Annotated[dict[Name, Annotated[dict[Name, Name], NonEmpty(
-        dict, "a mapping discriminator -> branch", "empty mapping; give at least one discriminator: branch pair")]],
-        EMPTY_IF_NULL] = Field(description="scores of existing taggers in the inputs, for comparison plots: "
-                                           "{tagger: {discriminator: branch}}")
-    working_points: Annotated[dict[Name, Annotated[
-        dict[Name, Number("a mis-identification rate 0 < x < 1", gt=0, lt=1)], NonEmpty(
-            dict, "a mapping name -> target", "empty mapping; give at least one name: target pair, e.g. medium: 0.01")
-    ]], EMPTY_IF_NULL] = Field(description="{discriminator: {name: target mis-identification rate}}; {}: "
-                                           "loose/medium/tight at 0.1/0.01/0.001 for BvsL, BvsAll and CvsL")
+    reference_taggers: Annotated[dict[Name, _Scores], EMPTY_IF_NULL] = Field(
+        description="scores of existing taggers in the inputs, for comparison plots: {tagger: {discriminator: branch}}")
+    working_points: Annotated[dict[Name, _Targets], EMPTY_IF_NULL] = Field(
+        description="{discriminator: {name: target mis-identification rate}}; {}: loose/medium/tight at "
+                    "0.1/0.01/0.001 for BvsL, BvsAll and CvsL")
     model_settings: Annotated[dict[Name, dict[Any, Any]], EMPTY_IF_NULL] = Field(
         description="{Model: {hyperparameter: value}}, passed to the model's constructor")
     processor: Name = Field(description="coffea processor that turns input ntuples into dataset shards (processors/)")
@@ -255,14 +260,15 @@ class ConfigFile(Section):
         custom = {"global_custom_features": self.global_features}
         for group, (features_key, count_key, custom_key) in GROUP_KEYS.items():
             features = getattr(self, features_key)
-            if features is not None:
-                if getattr(self, count_key) is None:
-                    fail("", count_key, kind="missing")
+            if features is None:
+                for dependent in (count_key, custom_key):
+                    if getattr(self, dependent) is not None:
+                        fail(f"is set but the {group} group is absent; add '{features_key}: [...]' or remove "
+                             f"'{dependent}'", dependent)
+            elif getattr(self, count_key) is None:
+                fail("", count_key, kind="missing")
+            else:
                 custom[custom_key] = features
-            for dependent in (count_key, custom_key) if features is None else ():
-                if getattr(self, dependent) is not None:
-                    fail(f"is set but the {group} group is absent; add '{features_key}: [...]' or remove "
-                         f"'{dependent}'", dependent)
         known, unknown_means = None, ""  # recorded ntuples: branches are checked on the first files
         if self.simulate is not None:
             # imported here: it pulls in awkward, which a config of recorded ntuples does not need to load
@@ -283,16 +289,17 @@ class ConfigFile(Section):
     @model_validator(mode="after")
     def _labels_classes_discriminators(self) -> ConfigFile:
         labels, classes, discriminators = self.truth_labels, self.class_members, tuple(self.discriminators)
-        if self.reference_flavour not in labels:
-            fail(f"{self.reference_flavour!r} is not a truth label{suggest(self.reference_flavour, labels, 'Truth labels')}",
-                 "reference_flavour")
+        reference = self.reference_flavour
+        if reference not in labels:
+            fail(f"{reference!r} is not a truth label{suggest(reference, labels, 'Truth labels')}", "reference_flavour")
         if len(classes) < 2:
             fail(f"{len(classes)} output class(es); a tagger needs at least 2 classes", "classes")
         owner: dict[str, str] = {}
         for name, members in classes.items():
             for index, label in enumerate(members):
                 if label not in labels:
-                    fail(f"unknown truth label {label!r}{suggest(label, labels, 'Truth labels')}", "classes", name, index)
+                    fail(f"unknown truth label {label!r}{suggest(label, labels, 'Truth labels')}", "classes", name,
+                         index)
                 if label in owner:
                     fail(f"truth label {label!r} is already in class {owner[label]!r}; a label belongs to one class",
                          "classes", name, index)
