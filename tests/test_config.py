@@ -293,6 +293,64 @@ def test_section_hash_ignores_key_order_and_follows_values(config_dir: Path) -> 
         first.section_hash("bins_ptt")
 
 
+# Every key set, with the spellings the loader normalises (6e4, ints for floats, .inf, true
+# as a truth value); the hash is the one the loader before the pydantic models gave.
+EVERY_KEY = """\
+treename: tree/jets
+simulate:
+  branch_style: hlt
+  ecm_gev: 13600
+  jets_per_file: 2.0e+4
+  jet_pt_min: 20
+  jet_abs_eta_max: 2.5
+  npv_mean: 40
+  processes:
+    ttbar: {kind: ttbar, train_jets: 6e4, test_jets: 20000}
+    qcd: {kind: qcd, train_jets: 60000, test_jets: 0, mpi: false, pthat_min: 30, pthat_bias_power: 4, pythia_settings: ["PartonLevel:ISR = off"]}
+processes:
+  - {name: ttbar, match: ["*ttbar_*"], cuts: {pt: [30, .inf], abs_eta: [0, 2.5]}}
+  - {name: qcd, match: ["*qcd_*"]}
+process_overlap: warn
+bins_pt: [30, 50, 100, 1000]
+bins_eta: [-2.5, 0, 2.5]
+pt_key: jet_pt
+eta_key: jet_eta
+global_features: [jet_pt, jet_eta, nsv]
+global_custom_features: {log_pt: "np.log(jet_pt)"}
+cpf_candidates: [pfcand_pt, pfcand_deltaR]
+n_cpf_candidates: 2.5e+1
+vtx_features: [sv_pt]
+n_vtx_candidates: 4
+vtx_custom_features: {sv_ptrel: "sv_pt / jet_pt"}
+truths:
+  b: [{isB: [1]}, {isBB: [false]}]
+  c: [{isC: [true, {">=": 1}]}]
+  l: [{isUDS: [1]}]
+reference_flavour: b
+classes: {heavy: [b, c], light: [l]}
+discriminators: {HvsL: {signal: [heavy], background: [light]}}
+reference_taggers: {Old: {HvsL: jet_old_score}}
+working_points: {HvsL: {medium: 0.01, loose: 1.0e-1}}
+model_settings: {DeepJet: {dropout: 0.1, sizes: [64, 32]}}
+processor: DeepNtupleProcessor
+dataloader: ShardDataLoader
+model: DeepJet
+training: {epochs: 3, batch_size: 5e2, learning_rate: 1e-3, weight_decay: 0, optimizer: adam, scheduler: none, warmup_epochs: 0, gradient_clip: 1, patience: 2, sampling: loss_weight, validation_fraction: 0.2}
+"""
+
+
+def test_raw_and_hashes_are_those_of_before(config_dir: Path) -> None:
+    config = load(config_dir, EVERY_KEY)
+    assert config.raw["simulate"]["processes"]["ttbar"] == {
+        "kind": "ttbar", "train_jets": 60000, "test_jets": 20000, "mpi": True, "pthat_min": None,
+        "pthat_bias_power": None, "pythia_settings": []}
+    assert config.raw["processes"][0]["cuts"] == {"pt": [30.0, float("inf")], "abs_eta": [0.0, 2.5]}
+    assert config.raw["truths"]["c"] == [{"isC": [True, {">=": 1}]}]
+    sections = set(config.raw) - {"plugins"}
+    assert sections == set(yaml.safe_load(EVERY_KEY)) | {"cpf_custom_features"}
+    assert config.section_hash(*sections) == "e76389f96ea8bdf117fb7f30c3488b2c94144c8a90a8ac30d766070e570ded40"
+
+
 def test_list_and_rule_truths_give_the_same_rules(config_dir: Path) -> None:
     as_list = load(config_dir, BASE, name="as_list")
     rules = {"isB": [{"isB": [1]}], "isC": [{"isC": [True]}], "isL": [{"isL": [{"==": 1}]}]}

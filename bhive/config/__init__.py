@@ -193,7 +193,7 @@ def _build(path: Path, file: ConfigFile) -> Config:
             raw[custom_key] = raw[custom_key] or {}
             groups[group] = CandidateGroup(group, getattr(file, features_key), getattr(file, count_key),
                                            dict(raw[custom_key]))
-    simulate = file.simulate and SimulateConfig(**{**dict(file.simulate), "processes": {
+    simulate = None if file.simulate is None else SimulateConfig(**{**dict(file.simulate), "processes": {
         name: SimulatedProcess(name=name, **dict(spec)) for name, spec in file.simulate.processes.items()}})
     # keys of the same name and meaning are taken as validated
     same = {field.name: getattr(file, field.name) for field in dataclasses.fields(Config)
@@ -214,9 +214,9 @@ def available_configs(config_dir: Path | str | None = None) -> list[str]:
                   if path.is_file() and path.stem != DEFAULT_CONFIG_NAME) if directory.is_dir() else []
 
 
-def _not_a_config(path: Path) -> ConfigError:
+def _not_a_config(path: Path, directory: Path) -> ConfigError:
     return ConfigError(f"{DEFAULT_CONFIG_NAME}.yml only holds the shared defaults and is not a config by itself; "
-                       f"available configs: {', '.join(available_configs(path.parent)) or 'none'}", file=path)
+                       f"available configs: {', '.join(available_configs(directory)) or 'none'}", file=path)
 
 
 def _resolve_config_file(name_or_path: str | Path, directory: Path) -> Path:
@@ -228,7 +228,7 @@ def _resolve_config_file(name_or_path: str | Path, directory: Path) -> Path:
         return Path(name_or_path)
     path = directory / f"{text}.yml"
     if text == DEFAULT_CONFIG_NAME:
-        raise _not_a_config(path)
+        raise _not_a_config(path, directory)
     if not path.is_file():
         raise ConfigError(f"unknown config {text!r}; available configs: {available} "
                           f"(a config NAME is the file {directory}/NAME.yml)", file=path)
@@ -248,7 +248,7 @@ def load_config(name_or_path: str | Path, config_dir: Path | str | None = None) 
         raise ConfigError(f"the shared defaults file is missing; every config is layered over "
                           f"{DEFAULT_CONFIG_NAME}.yml in the config directory ({directory})", file=default_path)
     if path.resolve() == default_path.resolve():
-        raise _not_a_config(path)
+        raise _not_a_config(path, directory)
     sources = Sources(path, default_path, read_yaml(path), read_yaml(default_path))
     try:
         file = ConfigFile.model_validate(sources.merged(), context=sources)
