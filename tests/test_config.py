@@ -6,6 +6,8 @@ import copy
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,9 +16,11 @@ import yaml
 
 from bhive.config import (
     CONFIG_DIR,
+    SCHEMA_COMMAND,
     CandidateGroup,
     Config,
     ConfigError,
+    ConfigFile,
     Discriminator,
     ProcessConfig,
     SamplesConfig,
@@ -27,7 +31,9 @@ from bhive.config import (
     TruthRule,
     available_configs,
     load_config,
+    schema_json,
 )
+from bhive.config.schema import SimulateSection, overlay
 from tests.test_expressions import REFUSED
 
 SHIPPED_DEFAULT = CONFIG_DIR / "default.yml"
@@ -285,6 +291,64 @@ def test_section_hash_ignores_key_order_and_follows_values(config_dir: Path) -> 
     assert floats.section_hash("bins_pt") == ints.section_hash("bins_pt")
     with pytest.raises(ValueError, match="unknown config section"):
         first.section_hash("bins_ptt")
+
+
+# Every key set, with the spellings the loader normalises (6e4, ints for floats, .inf, true
+# as a truth value); the hash is the one the loader before the pydantic models gave.
+EVERY_KEY = """\
+treename: tree/jets
+simulate:
+  branch_style: hlt
+  ecm_gev: 13600
+  jets_per_file: 2.0e+4
+  jet_pt_min: 20
+  jet_abs_eta_max: 2.5
+  npv_mean: 40
+  processes:
+    ttbar: {kind: ttbar, train_jets: 6e4, test_jets: 20000}
+    qcd: {kind: qcd, train_jets: 60000, test_jets: 0, mpi: false, pthat_min: 30, pthat_bias_power: 4, pythia_settings: ["PartonLevel:ISR = off"]}
+processes:
+  - {name: ttbar, match: ["*ttbar_*"], cuts: {pt: [30, .inf], abs_eta: [0, 2.5]}}
+  - {name: qcd, match: ["*qcd_*"]}
+process_overlap: warn
+bins_pt: [30, 50, 100, 1000]
+bins_eta: [-2.5, 0, 2.5]
+pt_key: jet_pt
+eta_key: jet_eta
+global_features: [jet_pt, jet_eta, nsv]
+global_custom_features: {log_pt: "np.log(jet_pt)"}
+cpf_candidates: [pfcand_pt, pfcand_deltaR]
+n_cpf_candidates: 2.5e+1
+vtx_features: [sv_pt]
+n_vtx_candidates: 4
+vtx_custom_features: {sv_ptrel: "sv_pt / jet_pt"}
+truths:
+  b: [{isB: [1]}, {isBB: [false]}]
+  c: [{isC: [true, {">=": 1}]}]
+  l: [{isUDS: [1]}]
+reference_flavour: b
+classes: {heavy: [b, c], light: [l]}
+discriminators: {HvsL: {signal: [heavy], background: [light]}}
+reference_taggers: {Old: {HvsL: jet_old_score}}
+working_points: {HvsL: {medium: 0.01, loose: 1.0e-1}}
+model_settings: {DeepJet: {dropout: 0.1, sizes: [64, 32]}}
+processor: DeepNtupleProcessor
+dataloader: ShardDataLoader
+model: DeepJet
+training: {epochs: 3, batch_size: 5e2, learning_rate: 1e-3, weight_decay: 0, optimizer: adam, scheduler: none, warmup_epochs: 0, gradient_clip: 1, patience: 2, sampling: loss_weight, validation_fraction: 0.2}
+"""
+
+
+def test_raw_and_hashes_are_those_of_before(config_dir: Path) -> None:
+    config = load(config_dir, EVERY_KEY)
+    assert config.raw["simulate"]["processes"]["ttbar"] == {
+        "kind": "ttbar", "train_jets": 60000, "test_jets": 20000, "mpi": True, "pthat_min": None,
+        "pthat_bias_power": None, "pythia_settings": []}
+    assert config.raw["processes"][0]["cuts"] == {"pt": [30.0, float("inf")], "abs_eta": [0.0, 2.5]}
+    assert config.raw["truths"]["c"] == [{"isC": [True, {">=": 1}]}]
+    sections = set(config.raw) - {"plugins"}
+    assert sections == set(yaml.safe_load(EVERY_KEY)) | {"cpf_custom_features"}
+    assert config.section_hash(*sections) == "e76389f96ea8bdf117fb7f30c3488b2c94144c8a90a8ac30d766070e570ded40"
 
 
 def test_list_and_rule_truths_give_the_same_rules(config_dir: Path) -> None:
@@ -682,6 +746,16 @@ def test_simulate_optional_process_settings(config_dir: Path) -> None:
     )
 
 
+def test_null_optional_entry_settings_take_their_default(config_dir: Path) -> None:
+    content = simulated_base()
+    content["simulate"]["processes"]["qcd"].update(mpi=None, pythia_settings=None, pthat_bias_power=None)
+    content["processes"] = [{"name": "qcd", "match": ["*qcd_*"], "cuts": None}]
+    config = load(config_dir, content)
+    qcd = config.simulate.processes["qcd"]
+    assert (qcd.mpi, qcd.pythia_settings, qcd.pthat_bias_power) == (True, (), None)
+    assert config.processes[0].cuts == {} and config.raw["processes"][0]["cuts"] == {}
+
+
 def test_process_errors(config_dir: Path) -> None:
     expect_error(config_dir, changed(lambda c: c["processes"][1].update(name="ttbar")), "processes[1].name",
                  "used twice")
@@ -712,3 +786,102 @@ def test_config_error_is_value_error_with_parts(config_dir: Path) -> None:
     assert isinstance(error, ConfigError)
     assert error.file == config_dir / "user.yml"
     assert error.key == "pt_key"
+
+
+# --------------------------------------------------------------------------------------
+# Plugins
+# --------------------------------------------------------------------------------------
+
+
+def test_plugins_default_to_none_and_keep_their_order(config_dir: Path) -> None:
+    assert load(config_dir, BASE).plugins == ()
+    config = load(config_dir, changed(lambda c: c.update(plugins=["my_group.taggers", "other_group"])))
+    assert config.plugins == ("my_group.taggers", "other_group")
+    assert config.raw["plugins"] == ["my_group.taggers", "other_group"]
+
+
+@pytest.mark.parametrize(
+    ("plugins", "key", "fragment"),
+    [
+        (["my-group.taggers"], "plugins[0]", "'my-group.taggers' is not a Python module name"),
+        ([".taggers"], "plugins[0]", "dotted identifiers like 'my_group.taggers'"),
+        (["my_group..taggers"], "plugins[0]", "not a Python module name"),
+        (["ok", "my_group.class"], "plugins[1]", "not a Python module name"),
+        (["a.b", "a.b"], "plugins[1]", "listed twice"),
+        ("my_group.taggers", "plugins", "expected a list of plugin modules, got a string"),
+        ([3], "plugins[0]", "expected a non-empty string, got a number (3)"),
+    ],
+)
+def test_plugin_names_must_be_module_names(config_dir: Path, plugins: Any, key: str, fragment: str) -> None:
+    expect_error(config_dir, changed(lambda c: c.update(plugins=plugins)), key, fragment)
+
+
+# --------------------------------------------------------------------------------------
+# One source of defaults
+# --------------------------------------------------------------------------------------
+
+PER_CONFIG_KEYS = {"global_features", "truths", "reference_flavour"}
+
+
+def test_default_yml_sets_every_key_but_those_each_config_sets() -> None:
+    defaults = yaml.safe_load(SHIPPED_DEFAULT.read_text())
+    assert set(defaults) == set(ConfigFile.model_fields) - PER_CONFIG_KEYS
+    # the models declare no defaults of their own, apart from the optional settings of an
+    # entry the user names (default.yml cannot reach those)
+    for model in (ConfigFile, SamplesConfig, SimulateSection, TrainingConfig, Discriminator):
+        assert all(field.is_required() for field in model.model_fields.values()), model
+
+
+def test_error_in_a_key_default_yml_leaves_null_names_the_user_file(config_dir: Path) -> None:
+    # default.yml's null placeholders are no one's mistake: what is missing is the user's to add
+    expect_error(config_dir, changed(lambda c: c.pop("n_cpf_candidates")), "n_cpf_candidates",
+                 "required key 'n_cpf_candidates' is missing", "to user.yml (or to default.yml")
+    with pytest.raises(ConfigError) as info:
+        load(config_dir, changed(lambda c: c.pop("processes")))
+    assert info.value.file == config_dir / "user.yml"
+
+
+# --------------------------------------------------------------------------------------
+# configs/schema.json for editors
+# --------------------------------------------------------------------------------------
+
+SCHEMA_FILE = CONFIG_DIR / "schema.json"
+
+
+def test_schema_json_is_current() -> None:
+    assert SCHEMA_FILE.read_text() == schema_json(), f"configs/schema.json is stale; regenerate it: {SCHEMA_COMMAND}"
+
+
+def test_schema_describes_a_config_as_written() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    text = json.dumps(schema)
+    assert '"required"' not in text and '"default"' not in text
+    assert set(schema["properties"]) == set(ConfigFile.model_fields)
+    assert schema["additionalProperties"] is False
+    assert all(spec.get("description") for spec in schema["properties"].values())
+    for definition in schema["$defs"].values():
+        assert definition["additionalProperties"] is False
+        assert all(spec.get("description") for spec in definition["properties"].values()), definition
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yml")), ids=lambda path: path.name)
+def test_shipped_config_file_validates_against_the_schema(path: Path) -> None:
+    text = path.read_text()
+    assert text.startswith("# yaml-language-server: $schema=schema.json\n")
+    # schema.json is generated from this overlay model; jsonschema is not a dependency
+    overlay(ConfigFile).model_validate(yaml.safe_load(text))
+
+
+def test_overlay_takes_a_partial_file_and_refuses_mistakes() -> None:
+    partial = overlay(ConfigFile).model_validate({"training": {"epochs": 3}, "simulate": {"npv_mean": 20}})
+    assert partial.training.epochs == 3 and partial.treename is None
+    for mistake in ({"trainig": {}}, {"training": {"epochs": 0}}, {"simulate": {"processes": {"q_cd": {}}}},
+                    {"plugins": ["a-b"]}):
+        with pytest.raises(ValueError):
+            overlay(ConfigFile).model_validate(mistake)
+
+
+def test_schema_command_prints_the_schema() -> None:
+    result = subprocess.run([sys.executable, "-m", "bhive.config", "--schema"], capture_output=True, text=True,
+                            cwd=CONFIG_DIR.parent, check=True)
+    assert result.stdout == schema_json()
