@@ -152,7 +152,7 @@ class BaseTask(law.Task):
     def cfg(self) -> Config:
         # Not cached: luigi reuses task instances, and an edited config must be seen.
         cfg = load_config(self.config)
-        load_plugins(getattr(cfg, "plugins", ()))
+        load_plugins(cfg.plugins)
         return cfg
 
     # -- store layout ---------------------------------------------------------------------
