@@ -16,7 +16,8 @@ from tests.test_training_tasks import configure
 
 def test_evaluation_chain(tmp_path, monkeypatch, store):
     configure(tmp_path, monkeypatch)
-    task = EvaluationTask(config="unit", version="v1", model_name="DNN", compare="v1/GradientBoosting")
+    task = EvaluationTask(config="unit", version="v1", model_name="DNN", compare="v1/GradientBoosting",
+                          executor="iterative")
     assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
 
     scored = InferenceTask.req(task).local_path()
@@ -92,19 +93,20 @@ def test_scoring_another_configs_dataset(tmp_path, monkeypatch, store, caplog):
     configure(tmp_path, monkeypatch)
     samples = tmp_path / "samples"
     write_config(tmp_path / "configs", "other", unit_config(samples, bins_pt=[30.0, 100.0, 1000.0]))
-    task = InferenceTask(config="unit", version="v1", model_name="DNN", test_config="other")
+    task = InferenceTask(config="unit", version="v1", model_name="DNN", test_config="other", executor="iterative")
     assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
     assert task.local_path().parts[-3] == "other-v1"
     assert inference.read_predictions(task.local_path())["info"]["dataset"].count("/other/") == 1
 
     # a training of the other config, compared on this config's test jets
-    comparison = ComparisonTask(config="unit", version="v1", model_name="DNN", compare="other:v1/DNN")
+    comparison = ComparisonTask(config="unit", version="v1", model_name="DNN", compare="other:v1/DNN",
+                                executor="iterative")
     assert luigi.build([comparison], local_scheduler=True, workers=1, log_level="WARNING")
     result = json.loads(comparison.local_path("comparison.json").read_text())
     assert set(result["BvsL"]) == {"DNN (v1)", "other: DNN (v1)", "OldTagger (reference)"}
 
     write_config(tmp_path / "configs", "fewer", unit_config(samples, global_features=["jet_pt", "jet_eta"]))
-    mismatch = InferenceTask(config="unit", version="v1", model_name="DNN", test_config="fewer")
+    mismatch = InferenceTask(config="unit", version="v1", model_name="DNN", test_config="fewer", executor="iterative")
     with caplog.at_level(logging.WARNING):
         assert not luigi.build([mismatch], local_scheduler=True, workers=1, log_level="WARNING")
     assert "trained on global features" in caplog.text and not mismatch.complete()

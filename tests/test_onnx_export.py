@@ -12,6 +12,8 @@ other than the export's.
 
 from __future__ import annotations
 
+import os
+
 import luigi
 import numpy as np
 import onnxruntime
@@ -133,9 +135,18 @@ def test_a_model_that_cannot_export_says_so_by_name(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.fixture
+def all_threads():
+    """Published-size models on 2048 jets: the one exception to the suite's single thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", TORCH_MODELS)
-def test_onnx_export_reproduces_pytorch(model_name, test_datasets, tmp_path):
+def test_onnx_export_reproduces_pytorch(model_name, test_datasets, tmp_path, all_threads):
     exported = []
     for config_name, (cfg, directory) in test_datasets.items():
         try:

@@ -26,7 +26,7 @@ def build(task) -> bool:
 
 def test_scikit_learn_model_through_training_task(tmp_path, monkeypatch, store):
     configure(tmp_path, monkeypatch)
-    task = TrainingTask(config="unit", version="v1", model_name="GradientBoosting")
+    task = TrainingTask(config="unit", version="v1", model_name="GradientBoosting", executor="iterative")
     assert build(task)
     artifact = task.local_path("model")
     assert task.local_path().parts[-2:] == ("v1", "GradientBoosting")
@@ -44,14 +44,15 @@ def test_scikit_learn_model_through_training_task(tmp_path, monkeypatch, store):
 def test_torch_model_trains_and_exports_to_onnx(tmp_path, monkeypatch, store):
     configure(tmp_path, monkeypatch)
     # a check that cannot pass: the export is kept for inspection, but the task is not complete
-    rejected = ExportTask(config="unit", version="v1", model_name="DNN", n_check_jets=256, tolerance=-1.0)
+    rejected = ExportTask(config="unit", version="v1", model_name="DNN", n_check_jets=256, tolerance=-1.0,
+                          executor="iterative")
     assert not build(rejected)
     assert not rejected.complete()
     assert not rejected.local_path("model.onnx").exists() and not rejected.local_path("onnx_check.json").exists()
     assert rejected.local_path("model.rejected.onnx").exists()
     assert not json.loads(rejected.local_path("onnx_check.rejected.json").read_text())["passed"]
 
-    export = ExportTask(config="unit", version="v1", model_name="DNN", n_check_jets=256)
+    export = ExportTask(config="unit", version="v1", model_name="DNN", n_check_jets=256, executor="iterative")
     assert build(export)
     check = json.loads(export.local_path("onnx_check.json").read_text())
     assert check["passed"] and check["n_jets_checked"] == 256 and check["max_abs_difference"] < 1e-4
