@@ -30,7 +30,7 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
                              f"{found}; score a dataset built with the same features")
     loader = dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
                                               LoaderSettings(batch_size=batch_size, validation_fraction=0.0))
-    scores = model.predict(loader.inference_batches()).astype(np.float32)
+    scores = np.asarray(model.predict(loader.inference_batches()), dtype=np.float64)
     columns = {name: [] for name in ("truth", "kinematics", "process", "extras", "weight")}
     for shard in meta["shards"]:
         arrays = dataset.open_shard(dataset_dir, shard["name"])

@@ -76,9 +76,32 @@ def working_point(curve: RocCurve, target_misid: float, name: str = "") -> Worki
                         efficiency=float(curve.efficiency[index]), misid=float(curve.misid[index]))
 
 
+#: coverage of the efficiency intervals: one standard deviation of a normal distribution
+INTERVAL_COVERAGE = 0.682689492137086
+
+
+def clopper_pearson(passing: np.ndarray, total: np.ndarray,
+                    coverage: float = INTERVAL_COVERAGE) -> tuple[np.ndarray, np.ndarray]:
+    """Clopper-Pearson (exact binomial) interval of ``passing / total``, element-wise.
+
+    Unlike the normal approximation it is never empty at an efficiency of 0 or 1. Counts may
+    be effective (non-integer) counts of weighted jets; empty entries give NaN.
+    """
+    from scipy.stats import beta
+
+    passing, total = np.asarray(passing, dtype=np.float64), np.asarray(total, dtype=np.float64)
+    alpha = 1.0 - coverage
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low = np.where(passing > 0, beta.ppf(alpha / 2, passing, total - passing + 1), 0.0)
+        high = np.where(passing < total, beta.ppf(1 - alpha / 2, passing + 1, total - passing), 1.0)
+    empty = ~(total > 0)
+    return np.where(empty, np.nan, low), np.where(empty, np.nan, high)
+
+
 def binned_efficiency(passed: np.ndarray, values: np.ndarray, edges, weights: np.ndarray | None = None):
-    """Fraction passing per bin of ``values`` with its binomial uncertainty (effective counts
-    for weighted jets); bins without jets give NaN."""
+    """Fraction passing per bin of ``values`` with its Clopper-Pearson interval: (efficiency,
+    lower, upper). Weighted jets enter through their effective counts, n_eff = (sum w)^2 /
+    sum w^2, with the weighted efficiency; bins without jets give NaN."""
     weights = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
     edges = np.asarray(edges, dtype=np.float64)
     index = np.searchsorted(edges, values, side="right") - 1
@@ -89,6 +112,6 @@ def binned_efficiency(passed: np.ndarray, values: np.ndarray, edges, weights: np
     passing = np.bincount(index[inside], weights=(weights * passed)[inside], minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         efficiency = passing / total
-        effective = total**2 / total_squares
-        uncertainty = np.sqrt(efficiency * (1 - efficiency) / effective)
-    return efficiency, uncertainty
+        effective = np.where(total_squares > 0, total**2 / total_squares, 0.0)
+    low, high = clopper_pearson(efficiency * effective, effective)
+    return efficiency, low, high

@@ -108,14 +108,17 @@ class GradientBoosting(Model):
         return np.concatenate(features)[:limit], np.concatenate(labels)[:limit], np.concatenate(weights)[:limit]
 
     def fit(self, data, settings, workdir: Path, resume: bool = False) -> list[dict]:
-        # The loader's stochastic sampling already reweights the training jets (epoch 0).
-        x, y, _ = self._collect(data.train_batches(0), self.hyperparameters["max_jets"])
+        # stochastic sampling reweights the training jets in the loader (epoch 0); in loss_weight
+        # mode every jet comes with its weight, which the trees take as sample weights
+        x, y, w = self._collect(data.train_batches(0), self.hyperparameters["max_jets"])
+        if settings.sampling != "loss_weight":
+            w = np.ones(len(y))
         hp = self.hyperparameters
         self.estimator = HistGradientBoostingClassifier(
             max_iter=hp["max_iter"], learning_rate=hp["learning_rate"], max_leaf_nodes=hp["max_leaf_nodes"],
             early_stopping=True, validation_fraction=0.1, n_iter_no_change=10, random_state=settings.seed)
-        self.estimator.fit(x, y)
-        record = {"epoch": 1, **self._scores(x, y, np.ones(len(y)), "")}
+        self.estimator.fit(x, y, sample_weight=w)
+        record = {"epoch": 1, **self._scores(x, y, w, "")}
         validation = list(data.validation_batches())
         if validation:
             vx, vy, vw = self._collect(validation, np.iinfo(np.int64).max)
@@ -135,7 +138,7 @@ class GradientBoosting(Model):
 
     def predict(self, batches: Iterable[Mapping[str, np.ndarray]]) -> np.ndarray:
         parts = [self._full_probabilities(summaries(batch, self.groups)) for batch in batches]
-        return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.spec.n_classes), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, self.spec.n_classes))
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)

@@ -87,8 +87,9 @@ class TorchModel(nn.Module, Model):
             for batch in batches:
                 logits = self(self.standardise(training.to_device(
                     {k: v for k, v in batch.items() if k in self.input_keys()}, device)))
-                outputs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        return np.concatenate(outputs) if outputs else np.zeros((0, self.spec.n_classes), np.float32)
+                # float64 probabilities: discriminators are ratios of them, and float32 ones tie
+                outputs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+        return np.concatenate(outputs) if outputs else np.zeros((0, self.spec.n_classes))
 
     def export_onnx(self, path: Path, batch: Mapping[str, np.ndarray], tolerance: float) -> dict:
         return export_onnx(self, path, batch, tolerance)

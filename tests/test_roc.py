@@ -65,13 +65,49 @@ def test_working_point_reaches_its_target_on_an_independent_sample():
         assert point.efficiency == pytest.approx(np.mean(scores[is_signal] >= point.threshold))
 
 
-def test_binned_efficiency_with_uncertainty():
-    values = np.array([5, 15, 15, 15, 25])
-    passed = np.array([1, 1, 0, 1, 0], dtype=bool)
-    efficiency, uncertainty = binned_efficiency(passed, values, [0, 10, 20, 30, 40])
+def test_binned_efficiency_with_clopper_pearson_intervals():
+    from scipy.stats import binomtest
+
+    values = np.array([5, 15, 15, 15, 25, 25])
+    passed = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
+    efficiency, low, high = binned_efficiency(passed, values, [0, 10, 20, 30, 40])
     np.testing.assert_allclose(efficiency[:3], [1.0, 2 / 3, 0.0])
-    np.testing.assert_allclose(uncertainty[1], np.sqrt(2 / 3 * 1 / 3 / 3))
-    assert np.isnan(efficiency[3])
+    for index, (k, n) in enumerate([(1, 1), (2, 3), (0, 2)]):
+        expected = binomtest(k, n).proportion_ci(confidence_level=0.682689492137086, method="exact")
+        np.testing.assert_allclose([low[index], high[index]], [expected.low, expected.high], rtol=1e-9)
+    # never a zero-width interval at an efficiency of 1 or 0
+    assert low[0] < 1 and high[2] > 0
+    assert np.isnan(efficiency[3]) and np.isnan(low[3]) and np.isnan(high[3])
+
+
+def test_weighted_efficiency_uses_effective_counts():
+    from scipy.stats import beta
+
+    values = np.full(4, 5.0)
+    passed = np.array([1, 1, 0, 0], dtype=bool)
+    weights = np.array([2.0, 2.0, 1.0, 1.0])
+    efficiency, low, high = binned_efficiency(passed, values, [0, 10], weights)
+    n_eff = weights.sum() ** 2 / (weights**2).sum()
+    k_eff = 4 / 6 * n_eff
+    assert efficiency[0] == pytest.approx(4 / 6)
+    assert low[0] == pytest.approx(beta.ppf(0.158655253931457, k_eff, n_eff - k_eff + 1))
+    assert high[0] == pytest.approx(beta.ppf(0.841344746068543, k_eff + 1, n_eff - k_eff))
+
+
+def test_discriminators_are_float64_and_the_auc_matches_scikit_learn_to_1e_9():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(50_000, 4)) + np.repeat(np.eye(4), 12_500, axis=0) * 1.5
+    probabilities = (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+    label = np.repeat(np.arange(4), 12_500)
+    values = discriminator(probabilities, ["b", "c", "uds", "g"], ["b"], ["uds", "g"])
+    assert values.dtype == np.float64
+    used = label != 1
+    reference = probabilities.astype(np.float64)
+    by_hand = reference[:, 0] / (reference[:, 0] + reference[:, 2] + reference[:, 3])
+    expected = roc_auc_score(label[used] == 0, by_hand[used])
+    assert abs(roc_curve(values[used], label[used] == 0).auc() - expected) < 1e-9
 
 
 def test_discriminator_by_class_name():

@@ -442,3 +442,29 @@ def test_pickled_estimator_of_an_older_version_is_not_unpickled(artifacts, tmp_p
     with pytest.raises(ModelError, match=expected):
         load_model(artifact)
     assert not marker.exists()
+
+
+def test_gradient_boosting_fits_with_the_weights_in_loss_weight_mode(tiny, tmp_path):
+    """The same jets, weights and seed given to scikit-learn by hand give the same trees."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from models.gradient_boosting import summaries
+
+    cfg, directory = tiny
+    settings = settings_for(cfg, sampling="loss_weight")
+    model = fitting.build(cfg, "GradientBoosting", directory, settings.seed)
+    data = fitting.loader(cfg, model, directory, settings)
+    model.fit(data, settings, tmp_path / "work")
+    batches = list(data.train_batches(0))
+    x = np.concatenate([summaries(b, model.groups) for b in batches])
+    y = np.concatenate([b["label"] for b in batches])
+    w = np.concatenate([b["weight"] for b in batches])
+    assert len(np.unique(w)) > 2, "the test needs jets of different weights"
+    hp = model.hyperparameters
+    by_hand = HistGradientBoostingClassifier(
+        max_iter=hp["max_iter"], learning_rate=hp["learning_rate"], max_leaf_nodes=hp["max_leaf_nodes"],
+        early_stopping=True, validation_fraction=0.1, n_iter_no_change=10, random_state=settings.seed)
+    unweighted = HistGradientBoostingClassifier(**by_hand.get_params()).fit(x, y)
+    by_hand.fit(x, y, sample_weight=w)
+    np.testing.assert_array_equal(model.estimator.predict_proba(x), by_hand.predict_proba(x))
+    assert not np.array_equal(model.estimator.predict_proba(x), unweighted.predict_proba(x))

@@ -36,10 +36,12 @@ def working_point_table(arrays, info, name, signal, background, bins_pt, bins_et
                "threshold": point.threshold, "efficiency": point.efficiency, "misid": point.misid}
         for axis, column, edges in (("pt", 0, bins_pt), ("eta", 1, bins_eta)):
             x = arrays["kinematics"][:, column]
-            eff, eff_err = binned_efficiency(passed[is_signal], x[is_signal], edges)
-            mis, mis_err = binned_efficiency(passed[used & ~is_signal], x[used & ~is_signal], edges)
+            eff, eff_low, eff_high = binned_efficiency(passed[is_signal], x[is_signal], edges)
+            mis, mis_low, mis_high = binned_efficiency(passed[used & ~is_signal], x[used & ~is_signal], edges)
             row[f"efficiency_vs_{axis}"], row[f"misid_vs_{axis}"] = eff.tolist(), mis.tolist()
-            row[f"efficiency_vs_{axis}_error"], row[f"misid_vs_{axis}_error"] = eff_err.tolist(), mis_err.tolist()
+            row[f"efficiency_vs_{axis}_interval"] = [eff_low.tolist(), eff_high.tolist()]
+            row[f"misid_vs_{axis}_interval"] = [mis_low.tolist(), mis_high.tolist()]
+            eff_err, mis_err = np.array([eff - eff_low, eff_high - eff]), np.array([mis - mis_low, mis_high - mis])
             fig, ax = plotting.figure()
             centres = 0.5 * (np.asarray(edges[1:]) + np.asarray(edges[:-1]))
             half = 0.5 * np.diff(np.asarray(edges, dtype=float))
@@ -51,8 +53,8 @@ def working_point_table(arrays, info, name, signal, background, bins_pt, bins_et
             ax.set_ylabel("fraction tagged")
             ax.legend(title=f"{name} {wp_name} (threshold {point.threshold:.3f})", fontsize="small")
             plotting.save(fig, directory / f"{name}_{wp_name}_vs_{axis}",
-                          {"edges": np.asarray(edges), "efficiency": eff, "efficiency_error": eff_err,
-                           "misid": mis, "misid_error": mis_err})
+                          {"edges": np.asarray(edges), "efficiency": eff, "efficiency_low": eff_low,
+                           "efficiency_high": eff_high, "misid": mis, "misid_low": mis_low, "misid_high": mis_high})
         rows.append(row)
     return rows
 
