@@ -15,6 +15,10 @@ from tasks.parameters import DatasetParameters, TestParameters, TrainingParamete
 from tasks.training import TrainingTask
 
 
+BIASED = ("the test dataset also selected the best epoch of this training (--validation-dataset-version): "
+          "these figures are biased towards the model")
+
+
 class ScoringTask(TestParameters, TrainingParameters, DatasetParameters, DatasetVersionTask):
     """What InferenceTask and the tasks reading its scores share: parameters and store layout
     ``<dataset_version>/<test_dataset_version>/<training_version>/<model>``."""
@@ -35,11 +39,20 @@ class InferenceTask(ScoringTask):
     """Per-jet class probabilities of a trained model on a test dataset (npy + ROOT)."""
 
     config_keys = ("classes", "dataloader")
+    identity_defaults = {"allow_validation_on_test": False}
 
     def requires(self):
         return {"training": self.training(),
                 "test": DatasetConstructionTask.req(self, config=self.test_config or self.config, split="test",
                                                     dataset_version=self.test_dataset_version)}
+
+    def identity_settings(self) -> dict:
+        return {"allow_validation_on_test": self.allow_validation_on_test}
+
+    def validation_on_test(self) -> bool:
+        """Whether the test dataset is the one that selected the training's best epoch."""
+        validation = self.training().requires().get("validation")
+        return validation is not None and validation.output_directory() == self.requires()["test"].output_directory()
 
     def output(self):
         return {"info": self.local_target(inference.INFO), "root": self.local_target(inference.ROOT_FILE)}
@@ -48,8 +61,16 @@ class InferenceTask(ScoringTask):
         inference.check_predictions(self.local_path(), verify=self.verify)
 
     def run(self):
+        overlap = self.validation_on_test()
+        if overlap and not self.allow_validation_on_test:
+            raise ConfigError(f"the test dataset {self.requires()['test'].output_directory()} also selected the "
+                              f"best epoch of this training (--validation-dataset-version "
+                              f"{self.validation_dataset_version}), so its scores would be biased: evaluate on "
+                              f"another --test-dataset-version, or pass --allow-validation-on-test to accept a "
+                              f"result the summary marks as biased")
         predictions = inference.predict_dataset(self.cfg, self.training().local_path(training.ARTIFACT),
                                                 self.requires()["test"].output_directory())
+        predictions["info"]["validation_on_test"] = overlap
         inference.write_predictions(self.local_path(), predictions)
 
 
@@ -79,15 +100,18 @@ class WorkingPointTask(_EvaluationTask):
     """Thresholds at the config's `working_points` targets (default: loose/medium/tight at
     10%/1%/0.1% mis-id for BvsL, BvsAll, CvsL) with efficiency and mis-id vs pt and eta."""
 
-    config_keys = ("discriminators", "working_points", "bins_pt", "bins_eta")
+    config_keys = ("discriminators", "working_points", "working_points_on", "charm_working_points", "processes",
+                   "bins_pt", "bins_eta")
 
     def output(self):
-        return {"json": self.local_target("working_points.json"), "csv": self.local_target("working_points.csv")}
+        return {"json": self.local_target("working_points.json"), "csv": self.local_target("working_points.csv"),
+                "charm": self.local_target("charm_working_points.json")}
 
     def run(self):
         cfg = self.cfg
         working_points.write_working_points(self.predictions(), cfg.discriminators, cfg.working_points,
-                                            cfg.bins_pt, cfg.bins_eta, self.local_path())
+                                            cfg.bins_pt, cfg.bins_eta, self.local_path(), cfg.working_points_on,
+                                            cfg.processes, cfg.charm_working_points)
 
 
 class ScoreDistributionTask(_EvaluationTask):
@@ -188,9 +212,12 @@ class EvaluationTask(_EvaluationTask):
         inputs = self.requires()
         history = read_json(inputs["training"].local_path(training.HISTORY))
         training.plot_history(history, self.local_path("plots"))
+        biased = read_json(inputs["inference"].local_path(inference.INFO)).get("validation_on_test")
         summary.write_summary(
             f"{self.model()} on {self.config_name} (version {self.version})", self.config_name, self.model(),
             read_json(inputs["roc"].local_path(curves.AUCS)),
             read_json(inputs["working_points"].local_path("working_points.json")),
+            read_json(inputs["working_points"].local_path("charm_working_points.json")),
             read_json(inputs["comparison"].local_path("comparison.json")),
-            read_json(inputs["scores"].local_path("confusion.json")), history, self.local_path())
+            read_json(inputs["scores"].local_path("confusion.json")), history, self.local_path(),
+            notes=[BIASED] if biased else [])

@@ -66,3 +66,6 @@ class TestParameters:
     test_config = ConfigParameter(flag="--test-config", default="",
                                   description="score the test dataset of this config instead (it must have the "
                                   "same features); default: --config")
+    allow_validation_on_test = luigi.BoolParameter(
+        default=False, description="score a test dataset that also selected the training's best epoch "
+        "(--validation-dataset-version); the summary marks such a result as biased")

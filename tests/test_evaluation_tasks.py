@@ -47,7 +47,7 @@ def test_evaluation_chain(tmp_path, monkeypatch, store):
 
     summary = json.loads(task.local_path("summary.json").read_text())
     assert summary["auc"]["BvsL"]["all"] == aucs["BvsL"]["all"]
-    assert "| BvsL | loose |" in task.local_path("summary.md").read_text()
+    assert "| BvsL | all | loose |" in task.local_path("summary.md").read_text()
 
     # comparison: this training, the other training and the reference tagger of the inputs
     comparison = json.loads(ComparisonTask.req(task).local_path("comparison.json").read_text())
@@ -110,3 +110,19 @@ def test_scoring_another_configs_dataset(tmp_path, monkeypatch, store, caplog):
     with caplog.at_level(logging.WARNING):
         assert not luigi.build([mismatch], local_scheduler=True, workers=1, log_level="WARNING")
     assert "trained on global features" in caplog.text and not mismatch.complete()
+
+
+def test_a_test_dataset_that_selected_the_epoch_is_refused_unless_allowed(tmp_path, monkeypatch, store):
+    configure(tmp_path, monkeypatch)
+    common = dict(config="unit", version="v1", model_name="DNN", executor="iterative", validation_dataset_version="v1")
+    refused = InferenceTask(**common)
+    assert refused.validation_on_test()
+    assert not luigi.build([refused], local_scheduler=True, workers=1, log_level="WARNING")
+    assert not refused.complete()
+
+    evaluation = EvaluationTask(**common, allow_validation_on_test=True)
+    assert luigi.build([evaluation], local_scheduler=True, workers=1, log_level="WARNING")
+    assert "biased" in json.loads(evaluation.local_path("summary.json").read_text())["notes"][0]
+    assert "> **Note:** the test dataset also selected" in evaluation.local_path("summary.md").read_text()
+    # another test dataset version is no overlap
+    assert not InferenceTask(**{**common, "test_dataset_version": "v2"}).validation_on_test()

@@ -125,6 +125,8 @@ class Config:
     discriminators: dict[str, Discriminator]
     reference_taggers: dict[str, dict[str, str]]
     working_points: dict[str, dict[str, float]]
+    working_points_on: tuple[str, ...]
+    charm_working_points: dict[str, dict[str, float]]
     model_settings: dict[str, dict[str, Any]]
     processor: str
     dataloader: str

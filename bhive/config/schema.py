@@ -209,6 +209,13 @@ class ConfigFile(Section):
     working_points: Annotated[dict[Name, _Targets], EMPTY_IF_NULL] = Field(
         description="{discriminator: {name: target mis-identification rate}}; {}: loose/medium/tight at "
                     "0.1/0.01/0.001 for BvsL, BvsAll and CvsL")
+    working_points_on: Names("selections: all and/or process names") = Field(
+        description="the jets working points are derived on, each selection with its own thresholds: 'all' "
+                    "and/or process names, e.g. [all, ttbar] (BTV derives its working points on ttbar)")
+    charm_working_points: Annotated[dict[Name, _Targets], EMPTY_IF_NULL] = Field(
+        description="pairs of thresholds on two discriminators with the same signal, {name: {CvsL: target, "
+                    "CvsB: target}}: of the pairs meeting both mis-identification targets, the one with the "
+                    "highest efficiency; {}: loose/medium/tight for CvsL and CvsB where both exist")
     model_settings: Annotated[dict[Name, dict[Any, Any]], EMPTY_IF_NULL] = Field(
         description="{Model: {hyperparameter: value}}, passed to the model's constructor")
     processor: Name = Field(description="coffea processor that turns input ntuples into dataset shards (processors/)")
@@ -315,8 +322,24 @@ class ConfigFile(Section):
                    for name in scores if name not in discriminators]
         unknown += [("working_points", name) for name in self.working_points if discriminators
                     and name not in discriminators]
+        unknown += [("charm_working_points", point, name) for point, targets in self.charm_working_points.items()
+                    for name in targets if discriminators and name not in discriminators]
         for at in unknown[:1]:
             fail(f"unknown discriminator {at[-1]!r}{suggest(at[-1], discriminators, 'Discriminators')}", *at)
+        for point, targets in self.charm_working_points.items():
+            if len(targets) != 2:
+                fail(f"a charm working point names two discriminators with the same signal (e.g. CvsL and "
+                     f"CvsB), not {len(targets)}", "charm_working_points", point)
+            if self.discriminators:
+                signals = {tuple(self.discriminators[name].signal) for name in targets}
+                if len(signals) != 1:
+                    fail(f"{' and '.join(targets)} have different signal classes; a charm working point pairs "
+                         f"two discriminators of the same signal", "charm_working_points", point)
+        names = ("all", *(process.name for process in self.process_list))
+        for index, selection in enumerate(self.working_points_on):
+            if selection not in names:
+                fail(f"unknown selection {selection!r}{suggest(selection, names, 'Selections')}",
+                     "working_points_on", index)
         return self
 
 

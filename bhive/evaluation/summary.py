@@ -10,12 +10,19 @@ from bhive.evaluation.working_points import TABLE_COLUMNS
 from bhive.store import atomic_write, atomic_write_json
 
 
+CHARM_COLUMNS = ("discriminators", "derived_on", "working_point", "target_misids", "thresholds", "efficiency",
+                 "misids")
+
+
 def write_summary(title: str, config: str, model: str, aucs: Mapping, points: Sequence[Mapping],
-                  comparison: Mapping, confusion: Mapping, history: Sequence[Mapping], directory: Path) -> dict:
-    """``summary.json`` and ``summary.md`` from the outputs of the other evaluation steps."""
-    summary = {"config": config, "model": model, "auc": aucs["auc"], "notes": aucs["notes"],
+                  charm_points: Sequence[Mapping], comparison: Mapping, confusion: Mapping,
+                  history: Sequence[Mapping], directory: Path, notes: Sequence[str] = ()) -> dict:
+    """``summary.json`` and ``summary.md`` from the outputs of the other evaluation steps;
+    ``notes`` are caveats shown at the top (e.g. a test dataset that also selected the epoch)."""
+    summary = {"config": config, "model": model, "auc": aucs["auc"], "notes": [*notes, *aucs["notes"]],
                "comparison_auc": comparison, "confusion": confusion,
                "working_points": [{k: row[k] for k in TABLE_COLUMNS} for row in points],
+               "charm_working_points": [{k: row[k] for k in CHARM_COLUMNS} for row in charm_points],
                "epochs_trained": len(history), "final_val_loss": history[-1].get("val_loss")}
     atomic_write_json(directory / "summary.json", summary)
     with atomic_write(directory / "summary.md") as stream:
@@ -27,15 +34,25 @@ def markdown(title: str, summary: Mapping, history: Sequence[Mapping]) -> list[s
     """The lines of ``summary.md``."""
     aucs, comparison, confusion = summary["auc"], summary["comparison_auc"], summary["confusion"]
     selections = next(iter(aucs.values()), {})
-    lines = [f"# {title}", "", "## AUC", "", "| discriminator | " + " | ".join(selections) + " |",
-             "|---|" + "---|" * len(selections)]
+    lines = [f"# {title}", ""]
+    lines += [f"> **Note:** {note}" for note in summary["notes"]] + ([""] if summary["notes"] else [])
+    lines += ["## AUC", "", "| discriminator | " + " | ".join(selections) + " |", "|---|" + "---|" * len(selections)]
     for name, per in aucs.items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.4f}" for v in per.values()) + " |")
-    lines += ["", "## Working points (all jets)", "", "| discriminator | WP | target mis-id | threshold | "
-              "efficiency | mis-id |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Working points", "", "| discriminator | derived on | WP | target mis-id | threshold | "
+              "efficiency | mis-id |", "|---|---|---|---|---|---|---|"]
     for row in summary["working_points"]:
-        lines.append(f"| {row['discriminator']} | {row['working_point']} | {row['target_misid']:g} | "
-                     f"{row['threshold']:.4f} | {row['efficiency']:.4f} | {row['misid']:.5f} |")
+        lines.append(f"| {row['discriminator']} | {row['derived_on']} | {row['working_point']} | "
+                     f"{row['target_misid']:g} | {row['threshold']:.4f} | {row['efficiency']:.4f} | "
+                     f"{row['misid']:.5f} |")
+    if summary["charm_working_points"]:
+        lines += ["", "## Charm working points (pairs of thresholds)", "", "| discriminators | derived on | WP | "
+                  "target mis-ids | thresholds | efficiency | mis-ids |", "|---|---|---|---|---|---|---|"]
+        for row in summary["charm_working_points"]:
+            lines.append(f"| {' & '.join(row['discriminators'])} | {row['derived_on']} | {row['working_point']} | "
+                         + " / ".join(f"{t:g}" for t in row["target_misids"]) + " | "
+                         + " / ".join(f"{t:.4f}" for t in row["thresholds"]) + f" | {row['efficiency']:.4f} | "
+                         + " / ".join(f"{m:.5f}" for m in row["misids"]) + " |")
     if any(len(per) > 1 for per in comparison.values()):
         labels = list(next(per for per in comparison.values() if len(per) > 1))
         lines += ["", "## Comparison (AUC, all jets)", "", "| discriminator | " + " | ".join(labels) + " |",

@@ -1,81 +1,181 @@
-"""Working points: the discriminator thresholds at target mis-identification rates, with the
-efficiency and mis-id versus pt and eta (binomial uncertainties)."""
+"""Working points as CMS defines them.
+
+- **Single discriminators** (BvsL, BvsAll, CvsL, ...): the loosest threshold whose
+  mis-identification rate does not exceed a target, derived on each selection the config asks
+  for (``working_points_on``: all jets and/or one process, e.g. ttbar as BTV does), with the
+  efficiency and mis-id versus pt and eta on that selection.
+- **Charm working points**: a pair of thresholds on two discriminators with the same signal
+  (CvsL and CvsB): of the pairs whose mis-identification rates meet both targets, the one with
+  the highest signal efficiency, found by a scan on a 2-D grid of thresholds.
+
+Efficiencies carry 68% Clopper-Pearson intervals (:func:`bhive.roc.binned_efficiency`).
+"""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from bhive import plotting
-from bhive.evaluation.scores import discriminator_values, discriminators_for
+from bhive.evaluation.scores import discriminator_values, discriminators_for, selections
 from bhive.roc import binned_efficiency, roc_curve, working_point
 from bhive.store import atomic_write, atomic_write_json
 
 #: light mis-identification targets of the loose, medium and tight working points
 WORKING_POINTS = {"loose": 0.1, "medium": 0.01, "tight": 0.001}
-
-
 #: discriminators that get the standard working points when the config names none
 DEFAULT_DISCRIMINATORS = ("BvsL", "BvsAll", "CvsL")
-TABLE_COLUMNS = ("discriminator", "working_point", "target_misid", "threshold", "efficiency", "misid")
+#: charm working points when the config names none: mis-id targets of CvsL (light) and CvsB (b)
+CHARM_WORKING_POINTS = {"loose": {"CvsL": 0.9, "CvsB": 0.35}, "medium": {"CvsL": 0.25, "CvsB": 0.25},
+                        "tight": {"CvsL": 0.03, "CvsB": 0.2}}
+#: thresholds per axis of the charm scan: quantiles of the signal jets' values
+GRID_POINTS = 200
+TABLE_COLUMNS = ("discriminator", "derived_on", "working_point", "target_misid", "threshold", "efficiency", "misid")
+
+
+def _plot_efficiency_maps(kinematics: np.ndarray, passed: np.ndarray, groups: Mapping[str, np.ndarray],
+                          bins_pt, bins_eta, title: str, stem: Path) -> dict:
+    """Fraction passing vs pt and eta for each group of jets (label -> mask), with intervals;
+    returns the values for the tables."""
+    values = {}
+    for axis, column, edges in (("pt", 0, bins_pt), ("eta", 1, bins_eta)):
+        fig, ax = plotting.figure()
+        centres = 0.5 * (np.asarray(edges[1:]) + np.asarray(edges[:-1]))
+        half = 0.5 * np.diff(np.asarray(edges, dtype=float))
+        data = {"edges": np.asarray(edges)}
+        for index, (label, mask) in enumerate(groups.items()):
+            fraction, low, high = binned_efficiency(passed[mask], kinematics[mask, column], edges)
+            ax.errorbar(centres, fraction, xerr=half, yerr=np.array([fraction - low, high - fraction]),
+                        fmt="os^v"[index % 4], label=label)
+            data[f"{index}_fraction"], data[f"{index}_low"], data[f"{index}_high"] = fraction, low, high
+            values[f"{label}_vs_{axis}"] = fraction.tolist()
+            values[f"{label}_vs_{axis}_interval"] = [low.tolist(), high.tolist()]
+        data["labels"] = np.asarray(list(groups))
+        if any(np.any(np.nan_to_num(data[f"{i}_fraction"]) > 0) for i in range(len(groups))):
+            ax.set_yscale("log")
+        ax.set_xlabel("jet $p_T$ [GeV]" if axis == "pt" else r"jet $\eta$")
+        ax.set_ylabel("fraction tagged")
+        ax.legend(title=title, fontsize="small")
+        plotting.save(fig, stem.with_name(f"{stem.name}_vs_{axis}"), data)
+    return values
 
 
 def working_point_table(arrays, info, name, signal, background, bins_pt, bins_eta, directory: Path,
-                        targets: Mapping[str, float] = WORKING_POINTS) -> list[dict]:
-    """Thresholds at the target mis-ids, with efficiency and mis-id vs pt and eta (plots + arrays)."""
+                        targets: Mapping[str, float] = WORKING_POINTS, selection: str = "all",
+                        mask: np.ndarray | None = None) -> list[dict]:
+    """Thresholds at the target mis-ids, derived on the jets of ``mask`` (the selection
+    ``selection``), with efficiency and mis-id vs pt and eta on them (plots + arrays)."""
     values, is_signal, used = discriminator_values(arrays, info, signal, background)
-    curve = roc_curve(values[used], is_signal[used], what=name)
+    used = used if mask is None else used & mask
+    curve = roc_curve(values[used], is_signal[used], what=f"{name} ({selection})")
     rows = []
     for wp_name, target in targets.items():
         point = working_point(curve, target, wp_name)
-        passed = values >= point.threshold
-        row = {"discriminator": name, "working_point": wp_name, "target_misid": target,
+        row = {"discriminator": name, "derived_on": selection, "working_point": wp_name, "target_misid": target,
                "threshold": point.threshold, "efficiency": point.efficiency, "misid": point.misid}
-        for axis, column, edges in (("pt", 0, bins_pt), ("eta", 1, bins_eta)):
-            x = arrays["kinematics"][:, column]
-            eff, eff_low, eff_high = binned_efficiency(passed[is_signal], x[is_signal], edges)
-            mis, mis_low, mis_high = binned_efficiency(passed[used & ~is_signal], x[used & ~is_signal], edges)
-            row[f"efficiency_vs_{axis}"], row[f"misid_vs_{axis}"] = eff.tolist(), mis.tolist()
-            row[f"efficiency_vs_{axis}_interval"] = [eff_low.tolist(), eff_high.tolist()]
-            row[f"misid_vs_{axis}_interval"] = [mis_low.tolist(), mis_high.tolist()]
-            eff_err, mis_err = np.array([eff - eff_low, eff_high - eff]), np.array([mis - mis_low, mis_high - mis])
-            fig, ax = plotting.figure()
-            centres = 0.5 * (np.asarray(edges[1:]) + np.asarray(edges[:-1]))
-            half = 0.5 * np.diff(np.asarray(edges, dtype=float))
-            ax.errorbar(centres, eff, xerr=half, yerr=eff_err, fmt="o", label=f"{'+'.join(signal)} efficiency")
-            ax.errorbar(centres, mis, xerr=half, yerr=mis_err, fmt="s", label=f"{'+'.join(background)} mis-id")
-            if np.any(np.nan_to_num(np.r_[eff, mis]) > 0):
-                ax.set_yscale("log")
-            ax.set_xlabel("jet $p_T$ [GeV]" if axis == "pt" else r"jet $\eta$")
-            ax.set_ylabel("fraction tagged")
-            ax.legend(title=f"{name} {wp_name} (threshold {point.threshold:.3f})", fontsize="small")
-            plotting.save(fig, directory / f"{name}_{wp_name}_vs_{axis}",
-                          {"edges": np.asarray(edges), "efficiency": eff, "efficiency_low": eff_low,
-                           "efficiency_high": eff_high, "misid": mis, "misid_low": mis_low, "misid_high": mis_high})
-        rows.append(row)
+        maps = _plot_efficiency_maps(
+            arrays["kinematics"], values >= point.threshold,
+            {"efficiency": used & is_signal, "misid": used & ~is_signal}, bins_pt, bins_eta,
+            f"{name} {wp_name} on {selection} (threshold {point.threshold:.3f})",
+            directory / f"{name}_{selection}_{wp_name}")
+        rows.append({**row, **maps})
     return rows
 
 
+def pair_working_point(values: Sequence[np.ndarray], is_signal: np.ndarray, is_background: Sequence[np.ndarray],
+                       targets: Sequence[float], grid_points: int = GRID_POINTS) -> dict:
+    """Thresholds (t_0, t_1) on two discriminators: a jet passes when both values reach their
+    threshold; of the pairs on the grid whose mis-identification rates (background ``i`` of
+    discriminator ``i``) do not exceed ``targets[i]``, the one with the highest signal
+    efficiency. The grid holds, per axis, the quantiles of the signal jets' values."""
+    grids = []
+    for axis in values:
+        quantiles = np.quantile(axis[is_signal], np.linspace(0.0, 1.0, grid_points)) if is_signal.any() else []
+        grids.append(np.unique(np.r_[-np.inf, quantiles]))
+    # per jet, the index of the highest grid threshold it reaches on each axis
+    ranks = [np.searchsorted(grid, axis, side="right") - 1 for grid, axis in zip(grids, values)]
+    shape = (len(grids[0]), len(grids[1]))
+
+    def passing(mask: np.ndarray) -> np.ndarray:
+        """Jets of ``mask`` passing each threshold pair: counts at or above (i, j) on the grid."""
+        counts = np.zeros(shape)
+        np.add.at(counts, (ranks[0][mask], ranks[1][mask]), 1.0)
+        return counts[::-1, ::-1].cumsum(axis=0).cumsum(axis=1)[::-1, ::-1]
+
+    efficiency = passing(is_signal) / max(is_signal.sum(), 1)
+    misids = [passing(mask) / max(mask.sum(), 1) for mask in is_background]
+    allowed = np.logical_and.reduce([misid <= target for misid, target in zip(misids, targets)])
+    if not allowed.any():
+        raise ValueError("no pair of thresholds meets both mis-identification targets")
+    best = np.unravel_index(np.argmax(np.where(allowed, efficiency, -1.0)), shape)
+    return {"thresholds": [float(grids[0][best[0]]), float(grids[1][best[1]])],
+            "efficiency": float(efficiency[best]), "misids": [float(m[best]) for m in misids]}
+
+
+def charm_working_points(arrays, info, discriminators: Mapping, configured: Mapping, bins_pt, bins_eta,
+                         directory: Path, selection: str = "all", mask: np.ndarray | None = None) -> list[dict]:
+    """The pair working points of ``configured`` ({name: {discriminator: target}}) on a selection."""
+    rows = []
+    for wp_name, targets in configured.items():
+        names = list(targets)
+        sides = [discriminator_values(arrays, info, *discriminators[n]) for n in names]
+        is_signal = sides[0][1] & sides[1][1]
+        is_background = [used & ~signal for _, signal, used in sides]
+        chosen = np.ones(len(is_signal), bool) if mask is None else mask
+        point = pair_working_point([v for v, _, _ in sides], is_signal & chosen,
+                                   [b & chosen for b in is_background], [targets[n] for n in names])
+        passed = (sides[0][0] >= point["thresholds"][0]) & (sides[1][0] >= point["thresholds"][1])
+        groups = {"efficiency": is_signal & chosen,
+                  **{f"misid_{n}": b & chosen for n, b in zip(names, is_background)}}
+        maps = _plot_efficiency_maps(arrays["kinematics"], passed, groups, bins_pt, bins_eta,
+                                     f"{'+'.join(names)} {wp_name} on {selection}",
+                                     directory / f"{'_'.join(names)}_{selection}_{wp_name}")
+        rows.append({"discriminators": names, "derived_on": selection, "working_point": wp_name,
+                     "target_misids": [targets[n] for n in names], "thresholds": point["thresholds"],
+                     "efficiency": point["efficiency"], "misids": point["misids"], **maps})
+    return rows
+
+
+def _standard_charm_points(discriminators: Mapping) -> dict:
+    return CHARM_WORKING_POINTS if {"CvsL", "CvsB"} <= set(discriminators) else {}
+
 
 def write_working_points(predictions: Mapping, configured_discriminators: Mapping, configured: Mapping,
-                         bins_pt, bins_eta, directory: Path) -> list[dict]:
-    """``working_points.json`` and ``.csv``, and the efficiency plots in ``plots/``."""
+                         bins_pt, bins_eta, directory: Path, derived_on: Sequence[str] = ("all",),
+                         processes: Sequence = (), charm: Mapping | None = None) -> dict:
+    """``working_points.json``/``.csv`` and ``charm_working_points.json``/``.csv`` for every
+    selection of ``derived_on``, and their efficiency plots in ``plots/``."""
     arrays, info = predictions["arrays"], predictions["info"]
     discriminators = discriminators_for(configured_discriminators, info["classes"])
     targets = configured or {name: WORKING_POINTS for name in DEFAULT_DISCRIMINATORS}
-    rows = []
-    for name, per_point in targets.items():
-        if name in discriminators:
-            signal, background = discriminators[name]
-            rows += working_point_table(arrays, info, name, signal, background, bins_pt, bins_eta,
-                                        directory / "plots", per_point)
+    charm = charm or _standard_charm_points(discriminators)
+    masks = selections(arrays, info, processes)
+    rows, charm_rows = [], []
+    for selection in derived_on:
+        if selection not in masks:  # a process without jets in this test dataset
+            continue
+        for name, per_point in targets.items():
+            if name in discriminators:
+                rows += working_point_table(arrays, info, name, *discriminators[name], bins_pt, bins_eta,
+                                            directory / "plots", per_point, selection, masks[selection])
+        charm_rows += charm_working_points(arrays, info, discriminators, charm, bins_pt, bins_eta,
+                                           directory / "plots", selection, masks[selection])
     with atomic_write(directory / "working_points.csv", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(TABLE_COLUMNS)
         for row in rows:
             writer.writerow([row[k] for k in TABLE_COLUMNS])
+    with atomic_write(directory / "charm_working_points.csv", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["discriminators", "derived_on", "working_point", "target_misids", "thresholds",
+                         "efficiency", "misids"])
+        for row in charm_rows:
+            writer.writerow(["+".join(row["discriminators"]), row["derived_on"], row["working_point"],
+                             ";".join(map(str, row["target_misids"])), ";".join(map(str, row["thresholds"])),
+                             row["efficiency"], ";".join(map(str, row["misids"]))])
+    atomic_write_json(directory / "charm_working_points.json", charm_rows)
     atomic_write_json(directory / "working_points.json", rows)
-    return rows
+    return {"single": rows, "charm": charm_rows}
