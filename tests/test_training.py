@@ -355,11 +355,11 @@ def test_random_states_survive_a_weights_only_checkpoint(tmp_path):
     # leave a cached Gaussian in numpy and in Python: their states carry it
     np.random.standard_normal()
     random.gauss(0.0, 1.0)
-    torch.save(training._rng_state(), tmp_path / "rng.pt")
+    torch.save(training.rng_state(), tmp_path / "rng.pt")
     expected = (np.random.standard_normal(5).tolist(), np.random.randint(0, 2**31, 5).tolist(),
                 [random.gauss(0.0, 1.0) for _ in range(5)], random.random(), torch.rand(5).tolist())
     training.seed_everything(12)
-    training._set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    training.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (np.random.standard_normal(5).tolist(), np.random.randint(0, 2**31, 5).tolist(),
             [random.gauss(0.0, 1.0) for _ in range(5)], random.random(), torch.rand(5).tolist()) == expected
 
