@@ -11,7 +11,8 @@ DistributedDataParallel averaging the gradients: NCCL with one GPU per process
   multiplied by N, so the average DDP takes is the one-process gradient;
 - on CPUs, dropout draws the mask of the whole batch in every process and applies the rows
   of its slice (:class:`GlobalBatchDropout`), so masks and random streams are those of one
-  process; on GPUs masks are drawn per process, and BatchNorm becomes SyncBatchNorm;
+  process; on GPUs each process draws its own masks (seeded by the seed and its rank), and
+  BatchNorm becomes SyncBatchNorm;
 - metrics are summed over processes before they are recorded.
 
 BatchNorm on CPUs normalises each process's slice with that slice's statistics (SyncBatchNorm
@@ -130,6 +131,9 @@ def adapt(model: nn.Module, where: World, device: torch.device) -> GlobalBatch |
         return None
     if device.type == "cuda":
         nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # GPUs draw dropout masks per process: each from a stream of its own, so that two
+        # processes do not drop the same units of their different jets
+        torch.cuda.manual_seed(torch.initial_seed() + where.rank)
         return None
     batch = GlobalBatch()
     for parent in list(model.modules()):
