@@ -60,14 +60,21 @@ def _reports(directory: Path, devices: int) -> dict[int, dict]:
     return reports
 
 
-def _environment(devices: int) -> dict[str, str]:
+def environment(devices: int) -> dict[str, str]:
+    """The environment of a torchrun launch of ``devices`` processes of this b-hive."""
     env = dict(os.environ)
     # the processes import this b-hive, installed or not
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(_REPOSITORY), *filter(None, env.get("PYTHONPATH", "")
-                                                                                 .split(os.pathsep))]))
+    paths = [str(_REPOSITORY), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     # torchrun would give each process one thread; share the cores instead (an explicit setting wins)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
     return env
+
+
+def torchrun_command(devices: int, module: str, *arguments: str) -> list[str]:
+    """``python -m module arguments`` in each of ``devices`` processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
+            "-m", module, *arguments]
 
 
 def launch(job: dict, devices: int, workdir: Path) -> None:
@@ -79,9 +86,8 @@ def launch(job: dict, devices: int, workdir: Path) -> None:
         old.unlink()
     job_file = directory / JOB
     atomic_write_json(job_file, job)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={devices}",
-               "-m", WORKER, str(job_file)]
-    process = subprocess.Popen(command, env=_environment(devices), process_group=0)
+    process = subprocess.Popen(torchrun_command(devices, WORKER, str(job_file)), env=environment(devices),
+                               process_group=0)
     with _passing_signals_on(process, directory, devices):
         status = process.wait()
     _wait_for_stragglers(directory, devices)
