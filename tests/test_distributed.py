@@ -134,7 +134,7 @@ def test_two_processes_stop_on_sigterm_and_resume_to_the_same_weights(tiny_modul
     root, cfg, directory = tiny_module
     settings, output = deepjet["settings"], root / "deepjet-2-stopped"
     watcher = _sigterm_after_first_epoch(output / "work" / launcher.PROCESSES, rank=1)
-    with pytest.raises(TrainingInterrupted, match="--resume"):
+    with pytest.raises(TrainingInterrupted, match=r"stopped (in|after) epoch .* on SIGTERM to rank 1; .*--resume"):
         fitting.train(cfg, "DeepJet", directory, output, settings, devices=DEVICES)
     watcher.join()
     state = torch.load(output / "work" / training.CHECKPOINT, weights_only=True)
@@ -167,10 +167,15 @@ def test_a_failing_process_is_named_with_its_log(tiny_module, failing_model):
     assert not (output / fitting.ARTIFACT).exists()
 
 
-def test_a_model_outside_pytorch_trains_on_one_process_only(tiny_module):
+def test_settings_that_cannot_work_on_several_processes_are_refused_before_any_starts(tiny_module):
     root, cfg, directory = tiny_module
     with pytest.raises(TrainingError, match="GradientBoosting is not a PyTorch model.*--devices 1"):
         fitting.train(cfg, "GradientBoosting", directory, root / "gb", settings_for(cfg), devices=2)
+    with pytest.raises(TrainingError, match="--device cuda:1 names one device; with --devices 2"):
+        fitting.train(cfg, "DNN", directory, root / "cuda1", settings_for(cfg, device="cuda:1"), devices=2)
+    with pytest.raises(TrainingError, match="--devices 0"):
+        fitting.train(cfg, "DNN", directory, root / "none", settings_for(cfg), devices=0)
+    assert not (root / "cuda1").exists()
 
 
 def test_signals_to_the_task_process_reach_the_training_processes(tmp_path):

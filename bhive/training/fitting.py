@@ -25,7 +25,7 @@ from bhive.plugins.dataloader import LoaderSettings, dataloader_class
 from bhive.plugins.model import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, check_files, model_class
 from bhive.store import atomic_directory, atomic_write_json, code_version, read_json
 from bhive.training import launcher
-from bhive.training.distributed import world
+from bhive.training.distributed import World, training_device, world
 from bhive.training.state import TrainingError, seed_everything
 
 ARTIFACT = "model"
@@ -85,6 +85,8 @@ def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, setting
     if not issubclass(cls, torch.nn.Module):
         raise TrainingError(f"--devices {devices}: {model_name} is not a PyTorch model and trains in one process; "
                             f"use --devices 1")
+    # what the last process would find wrong with the device, said before any process starts
+    training_device(settings.device, World(devices - 1, devices, devices - 1))
     modules = [cls.__module__, dataloader_class(cfg.dataloader).__module__, *getattr(cfg, "plugins", ())]
     job = {"config": str(cfg.path), "config_hash": cfg.hash, "modules": list(dict.fromkeys(modules)),
            "model": model_name, "dataset": str(dataset_dir), "output": str(output),

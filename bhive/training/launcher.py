@@ -175,6 +175,8 @@ def _raise_outcome(directory: Path, devices: int, status: int) -> None:
             raise TrainingError(f"training on {devices} processes failed: rank {rank} ended without saying why "
                                 f"(killed, or out of memory?); its log: {log_path(directory, rank)} ({where}; "
                                 f"torchrun exited with status {status})")
-    stopped = reports[0]
-    stop = TrainingInterrupted if stopped.get("stop") == "interrupted" else TrainingStopped
-    raise stop(stopped["message"])
+    # the message of a process that received the signal names it
+    stopped = next((r for r in reports.values() if r.get("signal")), reports[0])
+    if stopped.get("stop") == "interrupted":
+        raise TrainingInterrupted(stopped["message"], stopped.get("signal"))
+    raise TrainingStopped(stopped["message"])

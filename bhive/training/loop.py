@@ -261,10 +261,14 @@ def _epoch_line(record: dict, epochs: int, remaining: float) -> str:
               f"ETA {_format_seconds(remaining)}")
 
 
-def _message_for(stop: StopRequest, where: str, epochs: int, workdir: Path) -> str:
-    cause = stop.signal_name or "a signal to another training process"
-    return (f"training stopped {where} of {epochs} on {cause}; the checkpoint in {workdir} continues it "
-            f"with --resume (the same command with --resume added)")
+def _interrupted(stop: StopRequest, where: str, run: _Training) -> TrainingInterrupted:
+    if stop.signal_name is None:
+        cause = "a signal to another training process"
+    else:
+        cause = stop.signal_name + (f" to rank {run.where.rank}" if run.where.size > 1 else "")
+    return TrainingInterrupted(f"training stopped {where} of {run.settings.epochs} on {cause}; the checkpoint in "
+                               f"{run.workdir} continues it with --resume (the same command with --resume added)",
+                               stop.signal_name)
 
 
 def _train_epoch(run: _Training, data, epoch: int, skip: int, sums: EpochSums, stop: StopRequest) -> EpochSums:
@@ -319,8 +323,7 @@ def _train_epoch(run: _Training, data, epoch: int, skip: int, sums: EpochSums, s
         if stopping:
             sums.seconds += time.perf_counter() - started
             run.checkpoint(epoch, index + 1, sums)
-            raise TrainingInterrupted(_message_for(stop, f"in epoch {epoch + 1} after batch {index + 1}",
-                                                   settings.epochs, run.workdir))
+            raise _interrupted(stop, f"in epoch {epoch + 1} after batch {index + 1}", run)
     sums.seconds += time.perf_counter() - started
     return sums
 
@@ -370,7 +373,7 @@ def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -
                 if epoch + 1 == settings.epochs:
                     break
                 if distributed.any_process(stop.requested, where, device):
-                    raise TrainingInterrupted(_message_for(stop, f"after epoch {epoch + 1}", settings.epochs, workdir))
+                    raise _interrupted(stop, f"after epoch {epoch + 1}", run)
                 if settings.stop_after_epoch and epoch + 1 >= settings.stop_after_epoch:
                     raise TrainingStopped(f"stopped after epoch {epoch + 1} of {settings.epochs} as asked; the "
                                           f"checkpoint in {workdir} continues with --resume")

@@ -35,6 +35,11 @@ class TrainingStopped(TrainingError):
 class TrainingInterrupted(TrainingStopped):
     """Training stopped on a signal (SIGTERM, SIGINT) after a step; --resume continues it from there."""
 
+    def __init__(self, message: str, signal_name: str | None = None) -> None:
+        super().__init__(message)
+        #: the signal this process received; None when another training process received it
+        self.signal_name = signal_name
+
 
 def seed_everything(seed: int) -> None:
     """Seed every random stream a model's initialisation or training can draw from."""

@@ -70,14 +70,16 @@ def _train(job: dict) -> None:
 
 def _stop_outside_the_steps(number: int, frame) -> None:
     # the loop catches signals during the steps; before or after them there is nothing to save
-    raise TrainingInterrupted(f"training stopped on {signal.Signals(number).name} outside the training steps (while "
-                              f"starting, or writing the artifact); nothing was trained since the last checkpoint: run "
-                              f"the same command again, with --resume if there is one")
+    name = signal.Signals(number).name
+    raise TrainingInterrupted(f"training stopped on {name} outside the training steps (while starting, or writing "
+                              f"the artifact); nothing was trained since the last checkpoint: run the same command "
+                              f"again, with --resume if there is one", name)
 
 
 def _stopped(stop: TrainingStopped) -> dict:
-    return {"status": "stopped", "message": str(stop),
-            "stop": "interrupted" if isinstance(stop, TrainingInterrupted) else "epoch"}
+    interrupted = isinstance(stop, TrainingInterrupted)
+    return {"status": "stopped", "message": str(stop), "stop": "interrupted" if interrupted else "epoch",
+            "signal": stop.signal_name if interrupted else None}
 
 
 def main(argv: list[str] | None = None) -> int:
