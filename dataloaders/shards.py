@@ -6,6 +6,11 @@ shuffles rows within each block. Stochastic sampling keeps each jet with probabi
 to its reweighting weight; in ``loss_weight`` mode every jet is kept and the weight goes to
 the loss. Memory is bounded by one block per worker.
 
+The shuffle and the acceptance are drawn per block from the seed, the epoch and the block, and
+the epoch is cut into batches before anything but labels and weights is read: in a training on
+several processes each reads only its own rows of every batch, and the batches are the same
+whatever their number.
+
 The validation split takes whole shards when there are enough of them (the last
 ``validation_fraction`` of the shards) and otherwise the last ``validation_fraction`` of the
 rows of every shard; either way no jet is in both splits.
@@ -102,11 +107,10 @@ class ShardDataLoader(DataLoaderPlugin):
 
     def _read(self, piece: Piece) -> Batch:
         """The rows of one piece, one gather per array straight from the memory map."""
-        (directory, name, start, stop), rows = piece
-        shard = self._shard(directory, name)
-        batch = {key: np.asarray(shard[key][start:stop][rows]) for key in self._arrays}
-        batch["label"] = self.class_of_label[shard["truth"][start:stop][rows]]
-        batch["weight"] = np.asarray(shard["weight"][start:stop][rows])
+        block, rows = piece
+        batch = {key: np.asarray(self._column(block, key)[rows]) for key in self._arrays}
+        batch["label"] = self.class_of_label[self._column(block, "truth")[rows]]
+        batch["weight"] = np.asarray(self._column(block, "weight")[rows])
         return batch
 
     def _gather(self, pieces: list[Piece]) -> Batch:
