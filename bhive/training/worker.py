@@ -4,7 +4,7 @@ It joins the other processes, rebuilds config, model and dataloader from the job
 wrote (:mod:`~bhive.training.launcher`), and trains (rank 0 writes the artifact). Its output
 goes to ``rank_<r>.log`` beside the job, rank 0's also to the console; how it ended goes to
 ``rank_<r>.json``. A clean end, finished or stopped, exits 0 (the report says which); a
-failure exits 1 at once, so that the others' collectives fail instead of waiting for it.
+failure exits 1, at once, so that the others' collectives fail instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from bhive.store import read_json
 from bhive.training import distributed, launcher
@@ -82,7 +83,7 @@ def _stopped(stop: TrainingStopped) -> dict:
             "signal": stop.signal_name if interrupted else None}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     job_file = Path((argv if argv is not None else sys.argv[1:])[0])
     directory, rank = job_file.parent, int(os.environ["RANK"])
     _log_into(launcher.log_path(directory, rank), console=rank == 0)
@@ -103,12 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as error:  # noqa: BLE001 - whatever ends this process is reported
         traceback.print_exc()
         launcher.write_report(directory, rank, "failed", error=type(error).__name__, message=str(error))
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        _exit(1)
     launcher.write_report(directory, rank, **outcome)
-    return 0
+    _exit(0)
+
+
+def _exit(status: int) -> NoReturn:
+    # at once: after a failure the others must not wait for this process; after a clean end
+    # everything is written and closed, and the interpreter's teardown of torch and the
+    # plugin libraries would take seconds
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
