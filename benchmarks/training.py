@@ -9,14 +9,22 @@ Rows:
   batch size, on CPU and, when CUDA is present, on the GPU in fp32 and with bf16/fp16 mixed
   precision; the ratio is the loader's rate over the step's: it must stay >= 3 so the loader
   never limits training;
-- per model, inference jets/s at batch sizes 1, 64 and 1024, beside the largest batch.
+- per model, inference jets/s at batch sizes 1, 64 and 1024, beside the largest batch;
+- the whole training loop (DeepJet, one epoch after a first one) on 2 processes (torchrun,
+  DistributedDataParallel: gloo between CPU processes, or NCCL when there are 2 GPUs) beside
+  1 process with the same global batch and the same threads per process; the ratio is the
+  scaling (limit 2).
 Without ``--dataset`` a dataset with the ``hlt_ak4`` shapes is written from random numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +34,8 @@ import torch
 
 from benchmarks.report import print_table
 from bhive import dataset as dataset_format
+from bhive.plugins.model import TrainingSettings
+from bhive.training import distributed, launcher
 from dataloaders.base import LoaderSettings
 from dataloaders.shards import ShardDataLoader
 from models.base import InputSpec, model_class
@@ -134,6 +144,60 @@ def inference_rate(model, batch: dict, size: int, device: torch.device, repeats:
     return repeats * size / (time.perf_counter() - started)
 
 
+DDP_PROCESSES = 2
+DDP_MODEL = "DeepJet"
+LOOP_JETS = 20_000
+
+
+def loop_history(directory: Path, name: str, batch_size: int, device: str, workdir: Path) -> list[dict]:
+    """Two epochs of the training loop over every jet of ``directory`` (this process's share
+    of them inside a torchrun launch)."""
+    spec = InputSpec.from_meta(dataset_format.load_meta(directory), CLASSES)
+    torch.manual_seed(0)
+    model = model_class(name).create(spec, **MODEL_SETTINGS[name])
+    data = ShardDataLoader(directory, type(model).used_groups(spec), CLASSES,
+                           LoaderSettings(batch_size=batch_size, sampling="loss_weight", validation_fraction=0.0))
+    settings = TrainingSettings(epochs=2, batch_size=batch_size, warmup_epochs=0, patience=0, device=device,
+                                sampling="loss_weight")
+    return model.fit(data, settings, workdir)
+
+
+def _loop_worker(job_file: Path) -> None:
+    job = json.loads(job_file.read_text())
+    with distributed.process_group(job["device"]) as where:
+        history = loop_history(Path(job["dataset"]), job["model"], job["batch_size"], job["device"],
+                               Path(job["workdir"]))
+    if where.rank == 0:
+        job_file.with_suffix(".history.json").write_text(json.dumps(history))
+
+
+def ddp_row(directory: Path, batch_size: int, scratch: Path) -> dict:
+    """The training loop on DDP_PROCESSES processes beside one, same data and global batch."""
+    device = "cuda" if torch.cuda.device_count() >= DDP_PROCESSES else "cpu"
+    # every process, the single one too, gets the threads one of the processes gets: the ratio
+    # is then the scaling, limit DDP_PROCESSES (on CPUs, two processes with one thread each can
+    # beat one process with two threads by far, when those threads wait on each other)
+    threads, default_threads = max(1, (os.cpu_count() or 1) // DDP_PROCESSES), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the loop's epoch lines
+            one = loop_history(directory, DDP_MODEL, batch_size, device, scratch / "loop-1")[-1]["jets_per_second"]
+    finally:
+        torch.set_num_threads(default_threads)
+    job_file = scratch / "loop-job.json"
+    job_file.write_text(json.dumps({"dataset": str(directory), "model": DDP_MODEL, "batch_size": batch_size,
+                                    "device": device, "workdir": str(scratch / f"loop-{DDP_PROCESSES}")}))
+    subprocess.run(launcher.torchrun_command(DDP_PROCESSES, "benchmarks.training", "--loop-worker", str(job_file)),
+                   env={**launcher.environment(DDP_PROCESSES), "OMP_NUM_THREADS": str(threads)}, check=True,
+                   stdout=subprocess.DEVNULL)
+    several = json.loads(job_file.with_suffix(".history.json").read_text())[-1]["jets_per_second"]
+    backend = "nccl" if device == "cuda" else "gloo"
+    return {"stage": f"DDP {DDP_PROCESSES} processes vs 1 process ({DDP_MODEL}, {device}, {backend})",
+            "figure": several, "unit": "jets/s", "reference": one, "limit": DDP_PROCESSES,
+            "reference_name": f"training loop on 1 process, same global batch {batch_size}, {threads} thread(s) "
+                              f"per process", "ratio": several / one}
+
+
 def run(dataset_dir: Path | None, n_jets: int, batch_size: int, steps: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -171,6 +235,11 @@ def run(dataset_dir: Path | None, n_jets: int, batch_size: int, steps: int) -> l
                     rows.append({"stage": f"inference {name} ({device.type}, batch {size})", "figure": rate,
                                  "unit": "jets/s", "reference": largest, "reference_name": f"batch {batch_size}",
                                  "ratio": rate / largest})
+        # the whole loop, twice over: a smaller synthetic dataset unless one was given
+        loop_jets = min(n_jets // 4, LOOP_JETS)
+        loop_directory = dataset_dir or synthetic_dataset(Path(scratch) / "loop-dataset", loop_jets,
+                                                          shard_size=max(1, loop_jets // 4))
+        rows.append(ddp_row(loop_directory, batch_size, Path(scratch)))
     return rows
 
 
@@ -181,7 +250,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--loop-worker", type=Path, help=argparse.SUPPRESS)  # one process of the DDP row
     args = parser.parse_args()
+    if args.loop_worker:
+        _loop_worker(args.loop_worker)
+        return
     rows = run(args.dataset, args.jets, args.batch_size, args.steps)
     print_table(rows)
     if args.json:

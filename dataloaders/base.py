@@ -5,5 +5,7 @@ consumes; a new one subclasses :class:`DataLoaderPlugin` and is chosen by ``data
 in the config.
 """
 
-from bhive.plugins.dataloader import LOADERS, Batch, DataLoaderPlugin, LoaderSettings, dataloader_class  # noqa: F401
+from bhive.plugins.dataloader import (  # noqa: F401
+    LOADERS, Batch, DataLoaderPlugin, LoaderSettings, RankShare, dataloader_class, rank_rows,
+)
 from bhive.truth import label_map  # noqa: F401

@@ -6,6 +6,11 @@ shuffles rows within each block. Stochastic sampling keeps each jet with probabi
 to its reweighting weight; in ``loss_weight`` mode every jet is kept and the weight goes to
 the loss. Memory is bounded by one block per worker.
 
+The shuffle and the acceptance are drawn per block from the seed, the epoch and the block, and
+the epoch is cut into batches before anything but labels and weights is read: in a training on
+several processes each reads only its own rows of every batch, and the batches are the same
+whatever their number.
+
 The validation split takes whole shards when there are enough of them (the last
 ``validation_fraction`` of the shards) and otherwise the last ``validation_fraction`` of the
 rows of every shard; either way no jet is in both splits.
@@ -14,13 +19,17 @@ rows of every shard; either way no jet is in both splits.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 from bhive import dataset
-from dataloaders.base import Batch, DataLoaderPlugin
+from dataloaders.base import Batch, DataLoaderPlugin, RankShare, rank_rows
 
 BLOCK_BATCHES = 8  # rows read and shuffled together: BLOCK_BATCHES x batch_size
+
+Block = tuple[Path, str, int, int]      # dataset directory, shard, first row, end row
+Piece = tuple[Block, np.ndarray]        # rows of a block (from its first row), in the order used
 
 
 class ShardDataLoader(DataLoaderPlugin):
@@ -61,8 +70,11 @@ class ShardDataLoader(DataLoaderPlugin):
         return sum(stop - start for _, _, start, stop in self._train_ranges)
 
     # -- reading -----------------------------------------------------------------------
+    # An epoch is planned as pieces, (block, rows of it in the order they are used), and cut
+    # into batches before any feature is read: a process of a multi-process training then
+    # reads only its own rows of each batch.
 
-    def _blocks(self, ranges) -> list[tuple]:
+    def _blocks(self, ranges) -> list[Block]:
         size = BLOCK_BATCHES * self.settings.batch_size
         return [(directory, name, begin, min(begin + size, stop))
                 for directory, name, start, stop in ranges for begin in range(start, stop, size)]
@@ -85,54 +97,87 @@ class ShardDataLoader(DataLoaderPlugin):
             self._open_shards[key] = dataset.open_shard(directory, name)
         return self._open_shards[key]
 
-    def _read(self, directory, name, start, stop, order: np.ndarray | None = None) -> Batch:
-        """The rows of one block in ``order`` (default: stored order), jets outside every class
-        dropped; one gather per array straight from the memory map."""
-        views = self._views(directory, name, start, stop)
-        order = np.arange(stop - start) if order is None else order
-        order = order[views["label"][order] >= 0]
-        return {key: np.asarray(values[order]) for key, values in views.items()}
+    def _column(self, block: Block, key: str) -> np.ndarray:
+        directory, name, start, stop = block
+        return self._shard(directory, name)[key][start:stop]
 
-    def _batches(self, rows: Iterator[Batch], drop_last: bool) -> Iterator[Batch]:
-        """Re-cut a stream of row blocks into batches of exactly batch_size (the last may be short)."""
+    def _in_classes(self, block: Block, rows: np.ndarray) -> Piece:
+        """``rows`` of ``block`` without the jets outside every class."""
+        return block, rows[self.class_of_label[self._column(block, "truth")[rows]] >= 0]
+
+    def _read(self, piece: Piece) -> Batch:
+        """The rows of one piece, one gather per array straight from the memory map."""
+        block, rows = piece
+        batch = {key: np.asarray(self._column(block, key)[rows]) for key in self._arrays}
+        batch["label"] = self.class_of_label[self._column(block, "truth")[rows]]
+        batch["weight"] = np.asarray(self._column(block, "weight")[rows])
+        return batch
+
+    def _gather(self, pieces: list[Piece]) -> Batch:
+        parts = [self._read(piece) for piece in pieces]
+        if len(parts) == 1:
+            return parts[0]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def _cut(self, pieces: Iterator[Piece]) -> Iterator[list[Piece]]:
+        """Re-cut a stream of pieces into batches of exactly batch_size jets (the last may be short)."""
         size = self.settings.batch_size
-        pending: list[Batch] = []
+        pending: list[Piece] = []
         n_pending = 0
-        for block in rows:
-            pending.append(block)
-            n_pending += len(block["label"])
-            if n_pending < size:
-                continue
-            merged = {k: np.concatenate([b[k] for b in pending]) for k in block}
-            n_full = n_pending // size * size
-            for begin in range(0, n_full, size):
-                yield {k: v[begin:begin + size] for k, v in merged.items()}
-            pending = [{k: v[n_full:] for k, v in merged.items()}]
-            n_pending -= n_full
-        if n_pending and not drop_last:
-            yield {k: np.concatenate([b[k] for b in pending]) for k in pending[0]}
+        for block, rows in pieces:
+            begin = 0
+            while begin < len(rows):
+                taken = rows[begin:begin + size - n_pending]
+                pending.append((block, taken))
+                n_pending += len(taken)
+                begin += len(taken)
+                if n_pending == size:
+                    yield pending
+                    pending, n_pending = [], 0
+        if n_pending:
+            yield pending
 
     # -- the three streams -------------------------------------------------------------
 
-    def train_batches(self, epoch: int, worker: int = 0, n_workers: int = 1) -> Iterator[Batch]:
+    def _train_pieces(self, epoch: int, worker: int, n_workers: int) -> Iterator[Piece]:
         seed = self.settings.seed
         blocks = self._blocks(self._train_ranges)
         order = np.random.default_rng([seed, epoch]).permutation(len(blocks))
+        for position in order[worker::n_workers]:
+            # drawn per block from the seed, the epoch and the block alone: the jets kept and
+            # their order are those of the epoch, however it is split over processes
+            rng = np.random.default_rng([seed, epoch, int(position)])
+            block = blocks[position]
+            rows = rng.permutation(block[3] - block[2])
+            if self.settings.sampling == "stochastic":
+                rows = rows[rng.random(len(rows)) < self._column(block, "weight")[rows]]
+            yield self._in_classes(block, rows)
 
-        def rows():
-            for position in order[worker::n_workers]:
-                rng = np.random.default_rng([seed, epoch, int(position)])
-                directory, name, start, stop = blocks[position]
-                shuffled = rng.permutation(stop - start)
-                if self.settings.sampling == "stochastic":
-                    weight = self._views(directory, name, start, stop)["weight"]
-                    shuffled = shuffled[rng.random(len(shuffled)) < weight[shuffled]]
-                yield self._read(directory, name, start, stop, shuffled)
+    def _validation_pieces(self) -> Iterator[Piece]:
+        for block in self._blocks(self._validation_ranges):
+            yield self._in_classes(block, np.arange(block[3] - block[2]))
 
-        yield from self._batches(rows(), drop_last=False)
+    def train_batches(self, epoch: int, worker: int = 0, n_workers: int = 1) -> Iterator[Batch]:
+        for pieces in self._cut(self._train_pieces(epoch, worker, n_workers)):
+            yield self._gather(pieces)
+
+    def rank_train_batches(self, epoch: int, rank: int, n_ranks: int, worker: int = 0,
+                           n_workers: int = 1) -> Iterator[RankShare]:
+        for pieces in self._cut(self._train_pieces(epoch, worker, n_workers)):
+            size = sum(len(rows) for _, rows in pieces)
+            # the whole batch's weights: 4 bytes a jet, the loss_weight normaliser
+            weight = sum(float(self._column(block, "weight")[rows].sum(dtype=np.float64)) for block, rows in pieces)
+            rows, _ = rank_rows(size, rank, n_ranks)
+            yield RankShare(self._gather(_take(pieces, rows)), size, weight)
 
     def validation_batches(self) -> Iterator[Batch]:
-        yield from self._batches((self._read(*b) for b in self._blocks(self._validation_ranges)), drop_last=False)
+        for pieces in self._cut(self._validation_pieces()):
+            yield self._gather(pieces)
+
+    def rank_validation_batches(self, rank: int, n_ranks: int) -> Iterator[Batch]:
+        for index, pieces in enumerate(self._cut(self._validation_pieces())):
+            if index % n_ranks == rank:
+                yield self._gather(pieces)
 
     def inference_batches(self) -> Iterator[Batch]:
         ranges = [(self.directory, *r) for r in self._shard_ranges(self.meta)]
@@ -142,3 +187,14 @@ class ShardDataLoader(DataLoaderPlugin):
                 end = min(begin + size, stop)
                 # every jet, also those of no class (label -1): scores must align with the dataset
                 yield {key: np.array(values) for key, values in self._views(directory, name, begin, end).items()}
+
+
+def _take(pieces: list[Piece], rows: slice) -> list[Piece]:
+    """The pieces of a batch cut down to its rows ``rows``."""
+    taken, offset = [], 0
+    for block, piece_rows in pieces:
+        begin, end = max(rows.start - offset, 0), min(rows.stop - offset, len(piece_rows))
+        if begin < end:
+            taken.append((block, piece_rows[begin:end]))
+        offset += len(piece_rows)
+    return taken

@@ -75,7 +75,9 @@ class TorchModel(nn.Module, Model):
     # -- Model interface -----------------------------------------------------------------
 
     def fit(self, data, settings, workdir: Path, resume: bool = False) -> list[dict]:
-        if not resume:
+        # with several training processes rank 0 alone computes the statistics; the loop
+        # hands its state to the others before the first step
+        if not resume and training.distributed.world().rank == 0:
             self.set_standardisation(feature_statistics(data.train_batches(0), self.groups))
         return training.fit(self, data, settings, Path(workdir), resume=resume)
 

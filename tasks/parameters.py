@@ -50,6 +50,12 @@ class TrainingParameters:
                                       description="mixed precision; fp16 needs CUDA")
     compile = luigi.BoolParameter(default=False, significant=False, description="use torch.compile")
     loader_workers = luigi.IntParameter(default=0, significant=False, description="dataloader worker processes")
+    devices = luigi.IntParameter(
+        default=1, significant=False,
+        description="training processes (data-parallel, torchrun + DistributedDataParallel): one GPU each, or CPU "
+        "processes with --device cpu; default: 1. Not part of the output's identity: the global batch, the jets "
+        "and their order are the same for any number, and so is the result (to float precision; approximately "
+        "for models with BatchNorm on CPUs)")
     resume = luigi.BoolParameter(default=False, significant=False, description="continue from the last checkpoint")
     stop_after_epoch = luigi.IntParameter(default=0, significant=False,
                                           description="stop after this epoch (resumable), e.g. for time-limited jobs")

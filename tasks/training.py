@@ -63,4 +63,4 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask):
         inputs = self.requires()
         validation = inputs["validation"].output_directory() if "validation" in inputs else None
         training.train(self.cfg, self.model(), inputs["dataset"].output_directory(), self.local_path(),
-                      self.settings(), resume=self.resume, validation_dir=validation)
+                      self.settings(), resume=self.resume, validation_dir=validation, devices=self.devices)

@@ -18,7 +18,7 @@ from bhive import dataset
 from bhive.training import loop as training
 from bhive.standardisation import feature_statistics
 from bhive.training import TrainingError, TrainingStopped, learning_rate_factor
-from dataloaders.base import LoaderSettings, label_map
+from dataloaders.base import LoaderSettings, label_map, rank_rows
 from dataloaders.shards import ShardDataLoader
 from bhive import training as fitting
 from models.base import MODEL_FILE, ModelError, file_records, load_model, model_class
@@ -93,6 +93,36 @@ def test_workers_deliver_the_same_jets(tiny):
     parts = [np.concatenate([b["global"] for b in loader.train_batches(2, worker=w, n_workers=3)]) for w in range(3)]
     combined = np.concatenate(parts)
     assert sorted(map(tuple, single)) == sorted(map(tuple, combined))
+
+
+@pytest.mark.parametrize("sampling", ["stochastic", "loss_weight"])
+def test_rank_shares_make_up_the_global_batches(tiny, sampling):
+    """Each of n processes reads its own rows of every batch; together they are the batches of
+    one process, the last short one included, and every process has every step."""
+    cfg, directory = tiny
+    loader = make_loader(cfg, directory, ("global", "cpf"), sampling=sampling)
+    batches = list(loader.train_batches(1))
+    assert len(batches[-1]["label"]) < 128
+    for n_ranks in (1, 2, 3):
+        shares = [list(loader.rank_train_batches(1, rank, n_ranks)) for rank in range(n_ranks)]
+        assert all(len(own) == len(batches) for own in shares)
+        for index, batch in enumerate(batches):
+            parts = [own[index] for own in shares]
+            assert {part.size for part in parts} == {len(batch["label"])}
+            assert parts[0].weight == pytest.approx(float(batch["weight"].sum(dtype=np.float64)))
+            counted = [part.batch for rank, part in enumerate(parts) if rank_rows(part.size, rank, n_ranks)[1]]
+            for key, values in batch.items():
+                np.testing.assert_array_equal(np.concatenate([part[key] for part in counted]), values)
+        validation = [list(loader.rank_validation_batches(rank, n_ranks)) for rank in range(n_ranks)]
+        everything = list(loader.validation_batches())
+        assert [len(own) for own in validation] == [len(everything[rank::n_ranks]) for rank in range(n_ranks)]
+        np.testing.assert_array_equal(validation[-1][0]["global"], everything[n_ranks - 1]["global"])
+
+
+def test_a_rank_without_jets_takes_a_stand_in():
+    assert rank_rows(10, 0, 3) == (slice(0, 3), 3) and rank_rows(10, 2, 3) == (slice(6, 10), 4)
+    # one jet, two ranks: rank 1 has it, rank 0 runs on a copy of it that counts for nothing
+    assert rank_rows(1, 0, 2) == (slice(0, 1), 0) and rank_rows(1, 1, 2) == (slice(0, 1), 1)
 
 
 def test_label_map_and_unknown_class_member():
@@ -325,11 +355,11 @@ def test_random_states_survive_a_weights_only_checkpoint(tmp_path):
     # leave a cached Gaussian in numpy and in Python: their states carry it
     np.random.standard_normal()
     random.gauss(0.0, 1.0)
-    torch.save(training._rng_state(), tmp_path / "rng.pt")
+    torch.save(training.rng_state(), tmp_path / "rng.pt")
     expected = (np.random.standard_normal(5).tolist(), np.random.randint(0, 2**31, 5).tolist(),
                 [random.gauss(0.0, 1.0) for _ in range(5)], random.random(), torch.rand(5).tolist())
     training.seed_everything(12)
-    training._set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    training.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert (np.random.standard_normal(5).tolist(), np.random.randint(0, 2**31, 5).tolist(),
             [random.gauss(0.0, 1.0) for _ in range(5)], random.random(), torch.rand(5).tolist()) == expected
 

@@ -4,7 +4,9 @@ import json
 
 import luigi
 import numpy as np
+import torch
 
+from bhive.training import load_tensors
 from models.base import load_model
 from tasks.export import ExportTask
 from tasks.training import TrainingTask
@@ -64,3 +66,24 @@ def test_torch_model_trains_and_exports_to_onnx(tmp_path, monkeypatch, store):
     session = onnxruntime.InferenceSession(str(export.local_path("model.onnx")))
     out = session.run(None, {"global": np.zeros((7, 4), np.float32)})[0]
     assert out.shape == (7, 3)  # dynamic batch size
+
+
+def test_two_training_processes_through_the_task(tmp_path, monkeypatch, store):
+    """--devices 2 (torchrun, gloo between CPU processes) gives the one-process result to float
+    precision, and names the same output: the number of processes is not part of the identity."""
+    configure(tmp_path, monkeypatch)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    common = {"config": "unit", "version": "v1", "model_name": "DNN", "executor": "iterative", "device": "cpu"}
+    one = TrainingTask(**common)
+    assert build(one)
+    assert TrainingTask(**common, devices=2).task_id == one.task_id
+    assert TrainingTask(**common, devices=2).complete()
+    two = TrainingTask(**common, training_version="v2", devices=2)
+    assert build(two)
+    histories = [json.loads(task.local_path("history.json").read_text()) for task in (one, two)]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([h[key] for h in histories[1]], [h[key] for h in histories[0]], rtol=1e-6)
+    expected, obtained = (load_tensors(task.local_path("model", "weights.pt"), "cpu") for task in (one, two))
+    for key, value in expected.items():
+        torch.testing.assert_close(obtained[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert (two.local_path("plots") / "loss.png").exists()

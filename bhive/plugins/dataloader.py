@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,6 +24,27 @@ from bhive.truth import label_map
 LOADERS = Registry("dataloader", "Set `dataloader:` in the config")
 
 Batch = dict[str, np.ndarray]
+
+
+class RankShare(NamedTuple):
+    """One process's part of a global training batch when training runs on several processes
+    (``--devices``): its rows, and what the loss needs to know about the whole batch."""
+
+    batch: Batch
+    size: int        # jets in the whole global batch
+    weight: float    # their summed weight: the loss_weight mode's normaliser
+
+
+def rank_rows(size: int, rank: int, n_ranks: int) -> tuple[slice, int]:
+    """The rows of a global batch of ``size`` jets that process ``rank`` of ``n_ranks`` trains
+    on, and how many of them count. Ranks take contiguous, nearly equal slices in rank order,
+    so together they take the batch once. A rank left without a jet (a last batch with fewer
+    jets than ranks) takes the batch's last jet as a stand-in that counts for nothing: every
+    rank has to run every step, or the others wait forever for its gradients."""
+    start, stop = size * rank // n_ranks, size * (rank + 1) // n_ranks
+    if start == stop:
+        return slice(size - 1, size), 0
+    return slice(start, stop), stop - start
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,28 @@ class DataLoaderPlugin(ABC):
         ``worker`` and yields its share, the shares together making the epoch). The batches
         and their order depend only on the seed and ``epoch``; each batch holds the model's
         groups, their masks, ``label`` and ``weight``."""
+
+    def rank_train_batches(self, epoch: int, rank: int, n_ranks: int, worker: int = 0,
+                           n_workers: int = 1) -> Iterator[RankShare]:
+        """Process ``rank``'s share of every batch of ``train_batches(epoch, worker, n_workers)``;
+        called instead of it, in each of ``n_ranks`` processes, when training runs on several
+        (``--devices``). The global batches are those of ``train_batches`` whatever
+        ``n_ranks`` is, so the jets seen and their order do not depend on it; each process
+        takes :func:`rank_rows` of each. This default reads every batch whole; a loader may
+        read only the process's rows."""
+        for batch in self.train_batches(epoch, worker, n_workers):
+            size = len(batch["label"])
+            rows, _ = rank_rows(size, rank, n_ranks)
+            yield RankShare({key: values[rows] for key, values in batch.items()}, size,
+                            float(np.sum(batch["weight"], dtype=np.float64)))
+
+    def rank_validation_batches(self, rank: int, n_ranks: int) -> Iterator[Batch]:
+        """Batches ``rank``, ``rank + n_ranks``, ... of ``validation_batches()``: process
+        ``rank``'s share of the validation when training runs on ``n_ranks`` processes. The
+        loop sums the shares, so the validation loss is that of one process."""
+        for index, batch in enumerate(self.validation_batches()):
+            if index % n_ranks == rank:
+                yield batch
 
     @abstractmethod
     def validation_batches(self) -> Iterator[Batch]:

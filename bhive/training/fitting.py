@@ -4,6 +4,10 @@ The artifact directory holds what inference needs (``model.json`` with the model
 hyperparameters, input description, classes and their truth labels, standardisation inside
 the weights, config name and hash, code version) plus ``history.json`` and loss/accuracy
 plots with their data.
+
+With ``devices`` > 1 the training runs in that many processes started by torchrun
+(:mod:`~bhive.training.launcher`); each rebuilds model and loader from the same inputs and
+rank 0 writes what one process would have written.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from bhive import dataset, plotting
+from bhive import dataset
 from bhive.config import Config
 from bhive.plugins.dataloader import LoaderSettings, dataloader_class
 from bhive.plugins.model import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, check_files, model_class
 from bhive.store import atomic_directory, atomic_write_json, code_version, read_json
-from bhive.training.loop import seed_everything
+from bhive.training import launcher
+from bhive.training.distributed import World, training_device, world
+from bhive.training.state import TrainingError, seed_everything
 
 ARTIFACT = "model"
 HISTORY = "history.json"
@@ -67,11 +74,36 @@ def loader(cfg: Config, model: Model, dataset_dir: Path, settings: TrainingSetti
 
 
 def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, settings: TrainingSettings,
-          resume: bool = False, validation_dir: Path | None = None) -> list[dict]:
-    """Train and write the artifact, history and plots into ``output``; returns the history."""
+          resume: bool = False, validation_dir: Path | None = None, devices: int = 1) -> list[dict]:
+    """Train on ``devices`` processes and write the artifact, history and plots into ``output``;
+    returns the history."""
+    if devices < 1:
+        raise TrainingError(f"--devices {devices}: give the number of training processes, 1 or more")
+    if devices == 1:
+        return train_here(cfg, model_name, dataset_dir, output, settings, resume, validation_dir)
+    cls = model_class(model_name)
+    if not issubclass(cls, torch.nn.Module):
+        raise TrainingError(f"--devices {devices}: {model_name} is not a PyTorch model and trains in one process; "
+                            f"use --devices 1")
+    # what the last process would find wrong with the device, said before any process starts
+    training_device(settings.device, World(devices - 1, devices, devices - 1))
+    modules = [cls.__module__, dataloader_class(cfg.dataloader).__module__, *getattr(cfg, "plugins", ())]
+    job = {"config": str(cfg.path), "config_hash": cfg.hash, "modules": list(dict.fromkeys(modules)),
+           "model": model_name, "dataset": str(dataset_dir), "output": str(output),
+           "validation": str(validation_dir) if validation_dir else None, "settings": settings.to_json(),
+           "resume": resume}
+    launcher.launch(job, devices, output / "work")
+    return read_json(output / HISTORY)
+
+
+def train_here(cfg: Config, model_name: str, dataset_dir: Path, output: Path, settings: TrainingSettings,
+               resume: bool = False, validation_dir: Path | None = None) -> list[dict]:
+    """Train in this process (one of several inside a torchrun launch: then rank 0 writes)."""
     model = build(cfg, model_name, dataset_dir, settings.seed)
     data = loader(cfg, model, dataset_dir, settings, validation_dir)
     history = model.fit(data, settings, output / "work", resume=resume)
+    if world().rank != 0:
+        return history
     with atomic_directory(output / ARTIFACT) as artifact:
         model.save(artifact)
         description_path = artifact / MODEL_FILE
@@ -94,6 +126,8 @@ def check_artifact(directory: Path, verify: bool = False) -> None:
 
 def plot_history(history: list[dict], directory: Path) -> list[Path]:
     """Loss and accuracy per epoch, training and validation."""
+    from bhive import plotting  # matplotlib: only the process that writes needs it
+
     written = []
     epochs = np.array([h["epoch"] for h in history])
     for quantity in ("loss", "accuracy"):

@@ -4,56 +4,40 @@ One epoch = one pass over the training batches of the dataloader (seeded by seed
 then one pass over the validation batches. After each epoch the loop prints a line with
 losses, accuracies, jets/s and an ETA, appends to the history, writes TensorBoard scalars,
 and saves a checkpoint (model, optimizer, scheduler, scaler, RNG states, history) from which
-``resume`` continues exactly. Checkpoints hold tensors and plain data only and are loaded
-with ``weights_only=True``: they live in a shared store, and nothing read from it is
-unpickled. The weights with the best validation loss are kept separately and restored at the
-end; training stops early after ``patience`` epochs without improvement. A non-finite loss
-stops training with the epoch and batch where it happened.
+``resume`` continues exactly. The weights with the best validation loss are kept separately
+and restored at the end; training stops early after ``patience`` epochs without improvement.
+A non-finite loss stops training with the epoch and batch where it happened.
+
+SIGTERM or SIGINT (:mod:`~bhive.training.stopping`) stop it after the current step with a
+checkpoint that also holds the position inside the epoch and the epoch's metrics so far;
+``resume`` then ends with the same weights as a run that was never stopped. Inside a torchrun
+launch the same loop runs in every process (:mod:`~bhive.training.distributed`); rank 0
+alone writes checkpoints, TensorBoard events and logs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import pickle
-import random
+import signal
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from bhive.store import atomic_path
-
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (non-finite loss, impossible settings)."""
-
-
-class TrainingStopped(TrainingError):
-    """Training stopped after the epoch it was asked to stop at; --resume continues it."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed every random stream a model's initialisation or training can draw from."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device auto or cpu")
-    return device
+from bhive.plugins.dataloader import RankShare, rank_rows
+from bhive.plugins.model import TrainingSettings
+from bhive.training import distributed
+from bhive.training.distributed import World, resolve_device  # noqa: F401  (part of this module's interface)
+from bhive.training.state import (  # noqa: F401  (part of this module's interface)
+    BEST, CHECKPOINT, RESUME_FIX, TrainingError, TrainingInterrupted, TrainingStopped, atomic_save, load_tensors,
+    rng_state, seed_everything, set_rng_state,
+)
+from bhive.training.stopping import StopRequest, stop_on_signals
 
 
 def autocast(device: torch.device, precision: str):
@@ -102,79 +86,56 @@ def to_device(batch: Mapping[str, np.ndarray | torch.Tensor], device: torch.devi
 class _EpochBatches(torch.utils.data.IterableDataset):
     """One epoch of a dataloader plugin, split over torch DataLoader workers."""
 
-    def __init__(self, data, epoch: int) -> None:
-        self.data, self.epoch = data, epoch
+    def __init__(self, data, epoch: int, where: World) -> None:
+        self.data, self.epoch, self.where = data, epoch, where
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        yield from self.data.train_batches(self.epoch, worker=worker, n_workers=n_workers)
+        yield from _plugin_batches(self.data, self.epoch, self.where, worker, n_workers)
 
 
-def training_batches(data, epoch: int, workers: int, pin_memory: bool) -> Iterator[Mapping]:
+def _plugin_batches(data, epoch: int, where: World, worker: int, n_workers: int) -> Iterator:
+    if where.size == 1:
+        return data.train_batches(epoch, worker=worker, n_workers=n_workers)
+    return data.rank_train_batches(epoch, where.rank, where.size, worker=worker, n_workers=n_workers)
+
+
+def _leave_stopping_to_the_trainer(worker_id: int) -> None:
+    # a Ctrl-C or a SIGTERM sent to the process group reaches loader workers too; the training
+    # process stops at the end of its step and ends them itself
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+
+
+def training_batches(data, epoch: int, workers: int, pin_memory: bool,
+                     where: World = distributed.ONE_PROCESS) -> Iterator:
+    """The epoch's batches for this process: batches on one process, ``RankShare``s on several."""
     if workers <= 0:
-        yield from data.train_batches(epoch)
+        yield from _plugin_batches(data, epoch, where, 0, 1)
         return
-    loader = torch.utils.data.DataLoader(_EpochBatches(data, epoch), batch_size=None, num_workers=workers,
-                                         pin_memory=pin_memory, persistent_workers=False)
+    # its own generator: the workers' seeds are not drawn from the global stream, which then
+    # stands where a resumed run finds it, whether or not the epoch began in this run
+    loader = torch.utils.data.DataLoader(_EpochBatches(data, epoch, where), batch_size=None, num_workers=workers,
+                                         pin_memory=pin_memory, persistent_workers=False,
+                                         generator=torch.Generator(), worker_init_fn=_leave_stopping_to_the_trainer)
     yield from loader
 
 
-def _rng_state() -> dict:
-    """Every RNG state as tensors and plain data, so that the checkpoint loads with weights_only."""
-    algorithm, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            # int64 holds every uint32 key exactly
-            "numpy": {"algorithm": algorithm, "keys": torch.from_numpy(keys.astype(np.int64)),
-                      "position": int(position), "has_gauss": int(has_gauss),
-                      "cached_gaussian": float(cached_gaussian)},
-            "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict) -> None:
-    # map_location moves the saved states to the training device; generators take CPU byte tensors
-    torch.set_rng_state(state["torch"].cpu())
-    numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["algorithm"], numpy_state["keys"].cpu().numpy().astype(np.uint32),
-                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    python_state = state["python"]
-    random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"]))
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([cuda_state.cpu() for cuda_state in state["cuda"]])
-
-
-#: the way out of a checkpoint that cannot be used
-RESUME_FIX = "start again without --resume (that training replaces the checkpoint), or remove the training output"
-
-
-def load_tensors(path: Path, map_location: torch.device | str, fix: str = RESUME_FIX,
-                 error: type[Exception] = TrainingError) -> Any:
-    """torch.load limited to tensors and plain data: a file replaced in the shared store can
-    hold a pickle, and a pickle runs code when it is loaded. A file that cannot be loaded so
-    raises ``error`` naming it and ``fix``."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False, the one thing never to do here
-        reason = "it holds objects other than tensors and plain data (an older b-hive wrote it, or it was replaced)"
-    except Exception as exc:  # whatever a truncated or foreign file makes torch raise
-        reason = f"it is truncated or not a tensor file ({type(exc).__name__})"
-    raise error(f"{path} cannot be used and is not unpickled: {reason}; {fix}")
-
-
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
-
-
-def _loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], weighted: bool) -> torch.Tensor:
+def _loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], weighted: bool,
+          share: RankShare | None = None, own: int = 0, n_ranks: int = 1) -> torch.Tensor:
+    """The batch's mean (or weighted mean) loss; for the share of one of ``n_ranks`` processes,
+    its part of the whole batch's, times ``n_ranks``: DDP averages the gradients."""
     per_jet = nn.functional.cross_entropy(logits.float(), batch["label"], reduction="none")
+    if share is None:
+        if weighted:
+            weight = batch["weight"]
+            return (per_jet * weight).sum() / weight.sum().clamp_min(1e-12)
+        return per_jet.mean()
+    # a stand-in row (own == 0) keeps the process in step and adds nothing
     if weighted:
-        weight = batch["weight"]
-        return (per_jet * weight).sum() / weight.sum().clamp_min(1e-12)
-    return per_jet.mean()
+        return (per_jet[:own] * batch["weight"][:own]).sum() * (n_ranks / max(share.weight, 1e-12))
+    return per_jet[:own].sum() * (n_ranks / share.size)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -182,12 +143,13 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def evaluate(model, data, device, settings) -> dict[str, float]:
-    """Weighted loss and accuracy over the validation batches."""
+def evaluate(model, data, device, settings, where: World = distributed.ONE_PROCESS) -> dict[str, float]:
+    """Weighted loss and accuracy over the validation batches (each process's share, summed)."""
     model.eval()
     total_loss = total_correct = total_weight = 0.0
+    batches = data.validation_batches() if where.size == 1 else data.rank_validation_batches(where.rank, where.size)
     with torch.no_grad(), autocast(device, settings.precision):
-        for batch in data.validation_batches():
+        for batch in batches:
             batch = to_device(batch, device)
             logits = model(model.standardise(batch))
             weight = batch["weight"]
@@ -195,113 +157,233 @@ def evaluate(model, data, device, settings) -> dict[str, float]:
             total_loss += float((per_jet * weight).sum())
             total_correct += float(((logits.argmax(dim=1) == batch["label"]).float() * weight).sum())
             total_weight += float(weight.sum())
+    total_loss, total_correct, total_weight = distributed.summed([total_loss, total_correct, total_weight],
+                                                                 where, device)
     if total_weight == 0:
         return {}
     return {"val_loss": total_loss / total_weight, "val_accuracy": total_correct / total_weight}
 
 
+@dataclass
+class EpochSums:
+    """An epoch's training metrics so far: this process's (the checkpoint holds all processes')."""
+
+    n_jets: float = 0.0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seconds: float = 0.0
+
+    def over_processes(self, where: World, device: torch.device) -> EpochSums:
+        n_jets, loss_sum, correct, seconds = distributed.summed(
+            [self.n_jets, self.loss_sum, self.correct, self.seconds], where, device)
+        # the processes run in step: their mean time is the epoch's
+        return EpochSums(n_jets, loss_sum, correct, seconds / where.size)
+
+
+@dataclass
+class _Training:
+    """Everything one training process carries from step to step."""
+
+    model: nn.Module
+    forward: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    settings: TrainingSettings
+    where: World
+    device: torch.device
+    workdir: Path
+    global_batch: distributed.GlobalBatch | None
+    history: list
+    best_loss: float = math.inf
+    since_best: int = 0
+
+    def checkpoint(self, epoch: int, position: int = 0, sums: EpochSums | None = None) -> None:
+        """Write the checkpoint after ``epoch`` epochs and ``position`` steps of the next; every
+        process calls this (the metrics so far and the GPU random states are collected)."""
+        cuda = distributed.cuda_rng_states(self.where, self.device)
+        sums = (sums or EpochSums()).over_processes(self.where, self.device)
+        if self.where.rank != 0:
+            return
+        atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                     "rng": rng_state(cuda), "history": self.history, "best_loss": self.best_loss,
+                     "since_best": self.since_best, "epoch": epoch, "position": position, "partial": asdict(sums)},
+                    self.workdir / CHECKPOINT)
+
+    def resume(self) -> tuple[int, int, EpochSums]:
+        """Load the checkpoint; (epochs done, steps done in the next, its metrics so far)."""
+        path = self.workdir / CHECKPOINT
+        if not path.exists():
+            raise TrainingError(f"--resume: no checkpoint in {self.workdir}; start without --resume")
+        state = load_tensors(path, self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"], self.where.rank)
+            self.history, self.best_loss, self.since_best = state["history"], state["best_loss"], state["since_best"]
+            partial = EpochSums(**state.get("partial", {}))
+            # rank 0 carries the counts of the steps done before the stop, for all processes; the
+            # time so far is everyone's (the epoch's time is the processes' mean)
+            sums = partial if self.where.rank == 0 else EpochSums(seconds=partial.seconds)
+            return state["epoch"], state.get("position", 0), sums
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+            raise TrainingError(f"{path} does not fit this model and training "
+                                f"({type(error).__name__}: {error}); {RESUME_FIX}") from None
+
+
+    def end_epoch(self, epoch: int, sums: EpochSums, data) -> dict:
+        """The epoch's record (``sums``: all processes'), with validation; keeps the best weights."""
+        if sums.n_jets == 0:
+            raise TrainingError(f"epoch {epoch + 1} had no training jets: the dataset or the sampling left none")
+        record = {"epoch": epoch + 1, "loss": sums.loss_sum / sums.n_jets, "accuracy": sums.correct / sums.n_jets,
+                  "jets_per_second": sums.n_jets / max(sums.seconds, 1e-9),
+                  "learning_rate": self.scheduler.get_last_lr()[0], "seconds": sums.seconds,
+                  **evaluate(self.model, data, self.device, self.settings, self.where)}
+        self.history.append(record)
+        monitored = record.get("val_loss", record["loss"])
+        if monitored < self.best_loss:
+            self.best_loss, self.since_best = monitored, 0
+            if self.where.rank == 0:
+                atomic_save(self.model.state_dict(), self.workdir / BEST)
+        else:
+            self.since_best += 1
+        return record
+
+
+def _epoch_line(record: dict, epochs: int, remaining: float) -> str:
+    return (f"epoch {record['epoch']}/{epochs}  loss {record['loss']:.4f}  acc {record['accuracy']:.4f}"
+            + (f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}" if "val_loss" in record
+               else "")
+            + f"  {record['jets_per_second']:.0f} jets/s  lr {record['learning_rate']:.2e}  "
+              f"ETA {_format_seconds(remaining)}")
+
+
+def _interrupted(stop: StopRequest, where: str, run: _Training) -> TrainingInterrupted:
+    if stop.signal_name is None:
+        cause = "a signal to another training process"
+    else:
+        cause = stop.signal_name + (f" to rank {run.where.rank}" if run.where.size > 1 else "")
+    return TrainingInterrupted(f"training stopped {where} of {run.settings.epochs} on {cause}; the checkpoint in "
+                               f"{run.workdir} continues it with --resume (the same command with --resume added)",
+                               stop.signal_name)
+
+
+def _train_epoch(run: _Training, data, epoch: int, skip: int, sums: EpochSums, stop: StopRequest) -> EpochSums:
+    """One epoch's training steps from step ``skip`` on, added to ``sums``; raises
+    TrainingInterrupted (after a checkpoint) when a stop is asked for."""
+    settings, where, device, model = run.settings, run.where, run.device, run.model
+    weighted = settings.sampling == "loss_weight"
+    model.train()
+    started = time.perf_counter()
+    batches = training_batches(data, epoch, settings.loader_workers, device.type == "cuda", where)
+    for index, item in enumerate(batches):
+        if index < skip:
+            continue  # trained on before the stop: reading is far cheaper than training
+        share = item if where.size > 1 else None
+        batch = to_device(share.batch if share else item, device)
+        if share is None:
+            own = len(batch["label"])
+        else:
+            rows, own = rank_rows(share.size, where.rank, where.size)
+            if run.global_batch is not None:
+                run.global_batch.start, run.global_batch.size = rows.start, share.size
+        with autocast(device, settings.precision):
+            logits = run.forward(model.standardise(batch))
+        loss = _loss(logits, batch, weighted, share, own, where.size)
+        if share is None and not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {loss.item()} in epoch {epoch + 1}, batch {index}: lower the "
+                                f"learning rate, enable gradient clipping, or check the inputs for extreme values")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        stopping = stop.requested
+        if share is not None:
+            # one exchange a step: a stop asked of any process, and a non-finite loss in any
+            # (after the backward pass, which every process has to reach)
+            stopping, non_finite = (v > 0 for v in distributed.summed(
+                [float(stop.requested), float(not torch.isfinite(loss))], where, device))
+            if non_finite:
+                raise TrainingError(f"the loss became non-finite in epoch {epoch + 1}, batch {index} (in at least one "
+                                    f"of the {where.size} processes): lower the learning rate, enable gradient "
+                                    f"clipping, or check the inputs for extreme values")
+        if settings.gradient_clip > 0:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        sums.n_jets += own
+        sums.loss_sum += loss.item() * (len(batch["label"]) if share is None else share.size / where.size)
+        sums.correct += float((logits.argmax(dim=1) == batch["label"])[:own].sum())
+        stop.after_step(run.scheduler.last_epoch, where.rank)
+        if share is None:
+            stopping = stop.requested
+        if stopping:
+            sums.seconds += time.perf_counter() - started
+            run.checkpoint(epoch, index + 1, sums)
+            raise _interrupted(stop, f"in epoch {epoch + 1} after batch {index + 1}", run)
+    sums.seconds += time.perf_counter() - started
+    return sums
+
+
 def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -> list[dict]:
     """Train ``model`` (a TorchModel) on ``data`` (a dataloader plugin); returns the history."""
     workdir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(settings.device)
+    where = distributed.world()
+    say = log if where.rank == 0 else (lambda *_: None)
+    device = distributed.training_device(settings.device, where)
     model.to(device)
-    forward = torch.compile(model) if settings.compile else model
+    global_batch = distributed.adapt(model, where, device)
     optimizer = make_optimizer(model.parameters(), settings)
     mean_weight = data.mean_acceptance() if settings.sampling == "stochastic" else 1.0
     steps_per_epoch = max(1, math.ceil(data.n_train_jets() * mean_weight / settings.batch_size))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
         step, settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch, settings.scheduler))
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
-    weighted = settings.sampling == "loss_weight"
+    run = _Training(model, model, optimizer, scheduler, scaler, settings, where, device, workdir, global_batch, [])
 
-    history: list[dict] = []
-    best_loss, since_best, start_epoch = math.inf, 0, 0
-    checkpoint_path = workdir / CHECKPOINT
+    start_epoch, skip, sums = 0, 0, EpochSums()
     if resume:
-        if not checkpoint_path.exists():
-            raise TrainingError(f"--resume: no checkpoint in {workdir}; start without --resume")
-        state = load_tensors(checkpoint_path, device)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
-            history, best_loss, since_best, start_epoch = (state["history"], state["best_loss"],
-                                                           state["since_best"], state["epoch"])
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
-            raise TrainingError(f"{checkpoint_path} does not fit this model and training "
-                                f"({type(error).__name__}: {error}); {RESUME_FIX}") from None
-        log(f"resuming after epoch {start_epoch}")
+        start_epoch, skip, sums = run.resume()
+        say(f"resuming in epoch {start_epoch + 1} after batch {skip}" if skip
+            else f"resuming after epoch {start_epoch}")
+    run.forward = distributed.wrap(model, where, device)
+    if settings.compile:
+        run.forward = torch.compile(run.forward)
 
-    writer = _tensorboard(workdir)
+    writer = _tensorboard(workdir) if where.rank == 0 else None
     started = time.perf_counter()
-    for epoch in range(start_epoch, settings.epochs):
-        model.train()
-        epoch_start = time.perf_counter()
-        n_jets = 0
-        loss_sum = correct = 0.0
-        for index, batch in enumerate(training_batches(data, epoch, settings.loader_workers,
-                                                       device.type == "cuda")):
-            batch = to_device(batch, device)
-            with autocast(device, settings.precision):
-                logits = forward(model.standardise(batch))
-            loss = _loss(logits, batch, weighted)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} in epoch {epoch + 1}, batch {index}: lower the "
-                                    f"learning rate, enable gradient clipping, or check the inputs for extreme values")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if settings.gradient_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            size = len(batch["label"])
-            n_jets += size
-            loss_sum += loss.item() * size
-            correct += float((logits.argmax(dim=1) == batch["label"]).sum())
-        if n_jets == 0:
-            raise TrainingError(f"epoch {epoch + 1} had no training jets: the dataset or the sampling left none")
-        seconds = time.perf_counter() - epoch_start
-        record = {"epoch": epoch + 1, "loss": loss_sum / n_jets, "accuracy": correct / n_jets,
-                  "jets_per_second": n_jets / seconds, "learning_rate": scheduler.get_last_lr()[0],
-                  "seconds": seconds, **evaluate(model, data, device, settings)}
-        history.append(record)
-        monitored = record.get("val_loss", record["loss"])
-        if monitored < best_loss:
-            best_loss, since_best = monitored, 0
-            _atomic_save(model.state_dict(), workdir / BEST)
-        else:
-            since_best += 1
-        for key, value in record.items():
-            if key != "epoch" and writer is not None:
-                writer.add_scalar(key, value, epoch + 1)
-        elapsed = time.perf_counter() - started
-        remaining = elapsed / (epoch + 1 - start_epoch) * (settings.epochs - epoch - 1)
-        log(f"epoch {epoch + 1}/{settings.epochs}  loss {record['loss']:.4f}  acc {record['accuracy']:.4f}"
-            + (f"  val_loss {record['val_loss']:.4f}  val_acc {record['val_accuracy']:.4f}" if "val_loss" in record
-               else "")
-            + f"  {record['jets_per_second']:.0f} jets/s  lr {record['learning_rate']:.2e}  ETA {_format_seconds(remaining)}")
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
-                      "history": history, "best_loss": best_loss, "since_best": since_best, "epoch": epoch + 1},
-                     checkpoint_path)
-        if settings.patience > 0 and since_best >= settings.patience:
-            log(f"early stopping: no better validation loss for {settings.patience} epochs")
-            break
-        if settings.stop_after_epoch and epoch + 1 >= settings.stop_after_epoch and epoch + 1 < settings.epochs:
-            if writer is not None:
-                writer.close()
-            raise TrainingStopped(f"stopped after epoch {epoch + 1} of {settings.epochs} as asked; the checkpoint "
-                                  f"in {workdir} continues with --resume")
-    if writer is not None:
-        writer.close()
-    if (workdir / BEST).exists():
+    try:
+        with stop_on_signals() as stop:
+            for epoch in range(start_epoch, settings.epochs):
+                sums = _train_epoch(run, data, epoch, skip, sums, stop).over_processes(where, device)
+                record = run.end_epoch(epoch, sums, data)
+                skip, sums = 0, EpochSums()
+                for key, value in record.items():
+                    if key != "epoch" and writer is not None:
+                        writer.add_scalar(key, value, epoch + 1)
+                remaining = (time.perf_counter() - started) / (epoch + 1 - start_epoch) * (settings.epochs - epoch - 1)
+                say(_epoch_line(record, settings.epochs, remaining))
+                run.checkpoint(epoch + 1)
+                if settings.patience > 0 and run.since_best >= settings.patience:
+                    say(f"early stopping: no better validation loss for {settings.patience} epochs")
+                    break
+                if epoch + 1 == settings.epochs:
+                    break
+                if distributed.any_process(stop.requested, where, device):
+                    raise _interrupted(stop, f"after epoch {epoch + 1}", run)
+                if settings.stop_after_epoch and epoch + 1 >= settings.stop_after_epoch:
+                    raise TrainingStopped(f"stopped after epoch {epoch + 1} of {settings.epochs} as asked; the "
+                                          f"checkpoint in {workdir} continues with --resume")
+    finally:
+        if writer is not None:
+            writer.close()
+    if where.rank == 0 and (workdir / BEST).exists():
         model.load_state_dict(load_tensors(workdir / BEST, device))
     model.to("cpu")
-    return history
+    return run.history
 
 
 def _tensorboard(workdir: Path):
