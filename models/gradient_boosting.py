@@ -17,13 +17,14 @@ import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import skops.io
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import log_loss
 
 from models.base import RETRAIN, InputSpec, Model, ModelError, read_description, write_description
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import HistGradientBoostingClassifier
 
 ESTIMATOR_FILE = "estimator.skops"
 #: what b-hive wrote before it stopped using pickle; refused, never opened
@@ -114,6 +115,10 @@ class GradientBoosting(Model):
         if settings.sampling != "loss_weight":
             w = np.ones(len(y))
         hp = self.hyperparameters
+        # scikit-learn is imported here, not with the module: every process that only registers
+        # the shipped models (training workers, batch jobs) would pay seconds for it
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
         self.estimator = HistGradientBoostingClassifier(
             max_iter=hp["max_iter"], learning_rate=hp["learning_rate"], max_leaf_nodes=hp["max_leaf_nodes"],
             early_stopping=True, validation_fraction=0.1, n_iter_no_change=10, random_state=settings.seed)
@@ -127,6 +132,8 @@ class GradientBoosting(Model):
 
     def _scores(self, x, y, w, prefix: str) -> dict[str, float]:
         probabilities = self._full_probabilities(x)
+        from sklearn.metrics import log_loss
+
         return {f"{prefix}loss": float(log_loss(y, probabilities, sample_weight=w, labels=range(self.spec.n_classes))),
                 f"{prefix}accuracy": float(np.average(probabilities.argmax(axis=1) == y, weights=w))}
 
@@ -143,6 +150,8 @@ class GradientBoosting(Model):
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        import skops.io
+
         skops.io.dump(self.estimator, directory / ESTIMATOR_FILE)
         write_description(directory, self, {"hyperparameters": self.hyperparameters, "groups": list(self.groups)})
 
@@ -167,6 +176,8 @@ def load_estimator(path: Path) -> HistGradientBoostingClassifier:
                          f"({', '.join(sorted(untrusted))}): it was not written by b-hive or was changed, and "
                          f"is not loaded; {RETRAIN}")
     try:
+        import skops.io
+
         return skops.io.load(path, trusted=list(TRUSTED_TYPES))
     except Exception as error:  # skops' own audit, or a file damaged past its type list
         raise ModelError(f"{path} cannot be loaded ({type(error).__name__}: {error}); {RETRAIN}") from None
