@@ -1,21 +1,24 @@
-"""What a batch job asks for and the environment it runs in, for Slurm and HTCondor.
+"""What a batch job asks for and the environment it runs in, for Slurm, HTCondor and dask.
 
 b-hive assumes that the repository, the Python environment and the store are on a file system
 that the batch nodes share with the submitting machine (AFS, EOS, NFS, ...). A job therefore
-needs no sandbox: :data:`BOOTSTRAP` (sourced by law's job script) recreates the submitting
-process's environment from a few values, :func:`bootstrap_variables`, and sources
-``setup.sh`` there. The law side of the batch workflows is in ``tasks/batch.py``.
+needs no sandbox: :data:`BOOTSTRAP` (sourced by law's job script, or by a dask worker job)
+recreates the submitting process's environment from a few values, :func:`bootstrap_variables`,
+and sources ``setup.sh`` there. The law side of the batch workflows is in ``tasks/batch.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import shlex
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bhive.store import store_root
 
@@ -128,3 +131,24 @@ def render_bootstrap(variables: dict[str, str]) -> str:
     """:data:`BOOTSTRAP` with its placeholders filled in, as law's job script does it."""
     return _RENDER_KEY.sub(lambda m: variables.get(m[1], ""), BOOTSTRAP.read_text())
 
+
+@contextlib.contextmanager
+def dask_slurm_cluster(workers: int, memory: str, directory: Path) -> Iterator[Any]:
+    """``workers`` dask workers as Slurm jobs (dask-jobqueue's ``SLURMCluster``), one core each,
+    started in b-hive's environment by :data:`BOOTSTRAP` like law's jobs; their scripts' output
+    goes to ``directory``. The jobs are cancelled on leaving. dask-jobqueue's own configuration
+    (``jobqueue.slurm`` in ``~/.config/dask/jobqueue.yaml``: queue, account, walltime,
+    interface, ...) applies."""
+    from dask_jobqueue import SLURMCluster
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bootstrap = directory / BOOTSTRAP.name
+    bootstrap.write_text(render_bootstrap(bootstrap_variables(threads=1)))
+    cluster = SLURMCluster(cores=1, processes=1, memory=memory, log_directory=str(directory),
+                           job_script_prologue=[f"source {shlex.quote(str(bootstrap))} || exit 1"],
+                           scheduler_options={"dashboard_address": None})
+    try:
+        cluster.scale(jobs=workers)
+        yield cluster
+    finally:
+        cluster.close()

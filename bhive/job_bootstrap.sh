@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Sourced at the start of every b-hive batch job by law's job script, on Slurm and HTCondor
-# alike. The repository, the Python environment and the store are on a file system the nodes
-# share with the submitting machine; the values below, filled in from the submitting process
-# (bhive/batch.py: bootstrap_variables), make the job run the same code in the same
-# environment on the same configs into the same store.
+# Sourced at the start of every b-hive batch job: by law's job script on Slurm and HTCondor,
+# and by dask worker jobs started with dask-jobqueue. The repository, the Python environment
+# and the store are on a file system the nodes share with the submitting machine; the values
+# below, filled in from the submitting process (bhive/batch.py: bootstrap_variables), make the
+# job run the same code in the same environment on the same configs into the same store.
 # Values arrive shell-quoted; empty ones were not set when the job was submitted.
 
 export BHIVE_STORE={{bhive_store}}

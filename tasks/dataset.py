@@ -62,7 +62,9 @@ class DatasetTask(DatasetParameters, DatasetVersionTask):
     def executor_settings(self) -> construction.ExecutorSettings:
         return construction.ExecutorSettings(executor=self.executor, processes=self.processes,
                                              chunk_size=self.chunk_size,
-                                             scheduler_address=self.scheduler_address or None)
+                                             scheduler_address=self.scheduler_address or None,
+                                             slurm_workers=self.dask_slurm_workers,
+                                             worker_memory=self.dask_worker_memory)
 
 
 class DatasetPiecesTask(DatasetTask, BatchWorkflow):
