@@ -20,6 +20,7 @@ from law.task.interactive import print_task_status
 
 from bhive import batch
 from bhive.identity import VersionConflictError
+from bhive.store import stable_hash
 from tasks.dataset import DatasetPiecesTask
 from tasks.export import ExportTask
 from tasks.simulation import SimulatedSamplesTask
@@ -97,6 +98,22 @@ def test_a_single_job_task_is_the_plain_task_on_every_workflow(store):
     assert job.run.__func__ is TrainingTask.run
     assert type(on_slurm.run.__self__).__name__ == "SlurmWorkflowProxy"
     assert on_slurm.jobs_directory() == local.output_directory() / "jobs"
+    # downstream, a training submitted to a batch system is the same input as a local one
+    export = ExportTask(config="hlt_ak4", version="v1", model_name="DNN")
+    assert export.identity()["input.training"] == stable_hash(on_slurm.identity())
+
+
+def test_job_settings_default_to_the_configuration(store):
+    # what law.cfg's [luigi_TrainingTask] section becomes
+    configuration = luigi.configuration.get_config()
+    configuration.add_section("TrainingTask")
+    try:
+        configuration.set("TrainingTask", "gpus", "1")
+        configuration.set("TrainingTask", "memory", "16GB")
+        resources = training(workflow="slurm").job_resources()
+        assert (resources.gpus, resources.memory_mb) == (1, 16384)
+    finally:
+        configuration.remove_section("TrainingTask")
 
 
 def test_requirements_take_neither_branch_nor_batch_settings(store):
