@@ -146,7 +146,8 @@ def dask_slurm_cluster(workers: int, memory: str, directory: Path) -> Iterator[A
     bootstrap.write_text(render_bootstrap(bootstrap_variables(threads=1)))
     cluster = SLURMCluster(cores=1, processes=1, memory=memory, log_directory=str(directory),
                            job_script_prologue=[f"source {shlex.quote(str(bootstrap))} || exit 1"],
-                           scheduler_options={"dashboard_address": None})
+                           # no dashboard; the scheduler's HTTP server on any free port
+                           scheduler_options={"dashboard": False, "dashboard_address": ":0"})
     try:
         cluster.scale(jobs=workers)
         yield cluster
