@@ -6,6 +6,9 @@
 #   environment.yml); otherwise creates .venv/ in the repository once and activates it.
 # - Installs b-hive into that environment (pip install -e ".[test]") the first time and again
 #   only when pyproject.toml changes; pip's output goes to a log file inside the environment.
+# - In a batch job (BHIVE_JOB_ENV set by bhive/job_bootstrap.sh) it activates the environment
+#   the job was submitted from and neither installs nor indexes anything: many jobs starting
+#   at once must not write into one shared environment.
 # - Exports BHIVE_REPO, BHIVE_STORE (default <repo>/store; a value exported beforehand is kept),
 #   LAW_HOME (<repo>/.law) and LAW_CONFIG_FILE (<repo>/law.cfg).
 # - Refreshes law's task index when law.cfg or a task module changed, so `law run` finds every
@@ -47,8 +50,28 @@ _bhive_install_fingerprint() {
         "${1}/pyproject.toml" "${1}"
 }
 
+# A batch job uses the Python environment of the process that submitted it, as it is.
+_bhive_use_job_environment() {
+    local prefix="${BHIVE_JOB_ENV}"
+    [ -x "${prefix}/bin/python" ] || _bhive_fail "BHIVE_JOB_ENV=${prefix} has no bin/python;" \
+        "is the environment the job was submitted from on a file system this node shares?" || return 1
+    export PATH="${prefix}/bin:${PATH}"
+    if [ -d "${prefix}/conda-meta" ]; then
+        export CONDA_PREFIX="${prefix}"
+    elif [ -f "${prefix}/pyvenv.cfg" ]; then
+        export VIRTUAL_ENV="${prefix}"
+    fi
+    _bhive_env_description="environment ${prefix} (batch job)"
+    _bhive_env_prefix="${prefix}"
+}
+
 _bhive_use_environment() {
     local repo="${1}"
+
+    if [ -n "${BHIVE_JOB_ENV:-}" ]; then
+        _bhive_use_job_environment
+        return $?
+    fi
 
     if [ -n "${CONDA_PREFIX:-}" ] && [ "${CONDA_DEFAULT_ENV:-base}" != "base" ]; then
         _bhive_env_description="conda environment ${CONDA_DEFAULT_ENV} (${CONDA_PREFIX})"
@@ -170,15 +193,19 @@ _bhive_setup_main() {
     fi
 
     _bhive_use_environment "${repo}" || return 1
-    _bhive_install_project "${repo}" "${_bhive_env_prefix}" || return 1
+    if [ -z "${BHIVE_JOB_ENV:-}" ]; then
+        _bhive_install_project "${repo}" "${_bhive_env_prefix}" || return 1
+    fi
 
     export BHIVE_REPO="${repo}"
     export BHIVE_STORE="${BHIVE_STORE:-${repo}/store}"
     export LAW_HOME="${repo}/.law"
     export LAW_CONFIG_FILE="${repo}/law.cfg"
 
-    _bhive_index_tasks "${repo}" || return 1
-    _bhive_enable_completion
+    if [ -z "${BHIVE_JOB_ENV:-}" ]; then
+        _bhive_index_tasks "${repo}" || return 1
+        _bhive_enable_completion
+    fi
 
     echo "b-hive: using the ${_bhive_env_description}"
     echo "b-hive: store ${BHIVE_STORE}"
@@ -201,4 +228,4 @@ _bhive_setup() {
 }
 
 _bhive_setup "${_bhive_this_file}"
-eval "unset -f _bhive_setup _bhive_setup_main _bhive_fail _bhive_install_fingerprint _bhive_use_environment _bhive_install_project _bhive_index_tasks _bhive_enable_completion; unset _bhive_this_file _bhive_env_description _bhive_env_prefix; return $?"
+eval "unset -f _bhive_setup _bhive_setup_main _bhive_fail _bhive_install_fingerprint _bhive_use_job_environment _bhive_use_environment _bhive_install_project _bhive_index_tasks _bhive_enable_completion; unset _bhive_this_file _bhive_env_description _bhive_env_prefix; return $?"

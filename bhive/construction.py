@@ -11,6 +11,7 @@ Two steps, each usable on its own so that the first can be spread over batch job
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,18 +39,23 @@ DATASET_SECTIONS = (
 
 @dataclass(frozen=True)
 class ExecutorSettings:
-    """How coffea runs the processor: executor kind, parallel processes, chunk size."""
+    """How coffea runs the processor: executor kind, parallel processes, chunk size, and for
+    dask the cluster: an existing scheduler, workers started as Slurm jobs, or a local one."""
 
     executor: str = "futures"
     processes: int = 1
     chunk_size: int = 100_000
     scheduler_address: str | None = None
+    slurm_workers: int = 0
+    worker_memory: str = "2GB"
 
     def __post_init__(self):
         if self.executor not in EXECUTORS:
             raise ValueError(f"unknown executor '{self.executor}'; choose one of {', '.join(EXECUTORS)}")
-        if self.chunk_size < 1 or self.processes < 1:
-            raise ValueError("chunk size and number of processes must be at least 1")
+        if self.chunk_size < 1 or self.processes < 1 or self.slurm_workers < 0:
+            raise ValueError("chunk size and number of processes must be at least 1, Slurm workers at least 0")
+        if self.slurm_workers and (self.executor != "dask" or self.scheduler_address):
+            raise ValueError("dask workers on Slurm need --executor dask and no --scheduler-address")
 
 
 def check_inputs(cfg: Config, files: Sequence[str], required_branches: set[str]) -> dict[str, int]:
@@ -60,27 +66,35 @@ def check_inputs(cfg: Config, files: Sequence[str], required_branches: set[str])
     return inputs.assign_processes(files, cfg.processes, cfg.process_overlap)
 
 
-def _executor(settings: ExecutorSettings, retries: int):
+def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, resources: contextlib.ExitStack):
+    """The coffea executor; a dask client and cluster it starts are closed with ``resources``."""
     from coffea import processor
 
     if settings.executor == "iterative":
-        return processor.IterativeExecutor(retries=retries), None
+        return processor.IterativeExecutor(retries=retries)
     if settings.executor == "futures":
-        return processor.FuturesExecutor(workers=settings.processes, retries=retries), None
+        return processor.FuturesExecutor(workers=settings.processes, retries=retries)
     from distributed import Client, LocalCluster
 
     if settings.scheduler_address:
-        client = Client(settings.scheduler_address)
+        cluster = settings.scheduler_address
+    elif settings.slurm_workers:
+        from bhive import batch
+
+        cluster = resources.enter_context(batch.dask_slurm_cluster(settings.slurm_workers, settings.worker_memory,
+                                                                   jobs_directory))
     else:
-        client = Client(LocalCluster(n_workers=settings.processes, threads_per_worker=1, processes=True,
-                                     dashboard_address=None))
-    return processor.DaskExecutor(client=client, status=True, retries=retries), client
+        cluster = resources.enter_context(LocalCluster(n_workers=settings.processes, threads_per_worker=1,
+                                                       processes=True, dashboard_address=None))
+    client = resources.enter_context(Client(cluster))
+    return processor.DaskExecutor(client=client, status=True, retries=retries)
 
 
 def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, settings: ExecutorSettings,
                   processor_cls: type, file_processes: dict[str, int] | None = None) -> list[Path]:
     """Run ``processor_cls`` (the config's processor plugin) over ``files``; returns the piece
     directories, sorted by name. Pieces that already exist (from an interrupted run) are reused.
+    Logs of dask workers started as Slurm jobs go beside ``piece_directory``, to ``dask-jobs/``.
     """
     from coffea import processor
     from coffea.nanoevents import BaseSchema
@@ -92,21 +106,19 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
     piece_directory.mkdir(parents=True, exist_ok=True)
     # retrying only helps against transient network errors; a local file fails the same way again
     retries = 3 if any(inputs.is_remote(f) for f in files) else 0
-    executor, client = _executor(settings, retries)
-    try:
-        runner = processor.Runner(executor=executor, schema=BaseSchema, chunksize=settings.chunk_size)
-        output = runner({"inputs": list(files)}, instance, treename=cfg.treename)
-    except Exception as error:
-        # coffea wraps the processor's errors with the whole work item; a damaged file is
-        # reported by itself, in one line that names it, caused by uproot's error where that
-        # is still attached (not when the error was pickled by a worker process)
-        reported = inputs.input_error_in(error)
-        if reported is None:
-            raise
-        raise reported from reported.__cause__ or error
-    finally:
-        if client is not None:
-            client.close()
+    with contextlib.ExitStack() as resources:
+        executor = _executor(settings, retries, piece_directory.parent / "dask-jobs", resources)
+        try:
+            runner = processor.Runner(executor=executor, schema=BaseSchema, chunksize=settings.chunk_size)
+            output = runner({"inputs": list(files)}, instance, treename=cfg.treename)
+        except Exception as error:
+            # coffea wraps the processor's errors with the whole work item; a damaged file is
+            # reported by itself, in one line that names it, caused by uproot's error where that
+            # is still attached (not when the error was pickled by a worker process)
+            reported = inputs.input_error_in(error)
+            if reported is None:
+                raise
+            raise reported from reported.__cause__ or error
     names = sorted(output["pieces"]) if output else []
     return [piece_directory / name for name in names]
 

@@ -2,14 +2,14 @@
 
 ``DatasetPiecesTask`` runs the config's coffea processor over the input files as a law
 workflow (branches = groups of ``--files-per-job`` files, all files in one branch by
-default), so ``--DatasetPiecesTask-workflow htcondor`` spreads it over batch jobs.
+default), so ``--DatasetPiecesTask-workflow slurm`` (or ``htcondor``) spreads it over batch
+jobs (:mod:`tasks.batch`).
 ``DatasetConstructionTask`` merges the pieces into shards, computes the reweighting and
 writes ``meta.json``.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -18,13 +18,12 @@ import luigi
 
 from bhive import construction, dataset, inputs
 from bhive.simulation import sample
-from bhive.store import atomic_write_json, read_json, stable_hash, store_root
+from bhive.store import atomic_write_json, read_json, stable_hash
 from processors.base import processor_class
 from tasks.base import DatasetVersionTask
+from tasks.batch import BatchWorkflow
 from tasks.parameters import DatasetParameters
 from tasks.simulation import SimulatedSamplesTask
-
-law.contrib.load("htcondor")
 
 PIECES_DIRECTORY = "pieces"
 
@@ -63,10 +62,12 @@ class DatasetTask(DatasetParameters, DatasetVersionTask):
     def executor_settings(self) -> construction.ExecutorSettings:
         return construction.ExecutorSettings(executor=self.executor, processes=self.processes,
                                              chunk_size=self.chunk_size,
-                                             scheduler_address=self.scheduler_address or None)
+                                             scheduler_address=self.scheduler_address or None,
+                                             slurm_workers=self.dask_slurm_workers,
+                                             worker_memory=self.dask_worker_memory)
 
 
-class DatasetPiecesTask(DatasetTask, law.LocalWorkflow, law.htcondor.HTCondorWorkflow):
+class DatasetPiecesTask(DatasetTask, BatchWorkflow):
     """Processor output (one piece per chunk) for a group of input files."""
 
     files_per_job = luigi.IntParameter(default=0, description="input files per branch; 0: all in one")
@@ -98,17 +99,6 @@ class DatasetPiecesTask(DatasetTask, law.LocalWorkflow, law.htcondor.HTCondorWor
 
     def output(self):
         return law.LocalFileTarget(str(self.pieces_directory() / f"branch_{self.branch}.json"))
-
-    def htcondor_output_directory(self):
-        return law.LocalDirectoryTarget(str(self.local_path("htcondor")))
-
-    def htcondor_bootstrap_file(self):
-        return law.JobInputFile(str(Path(__file__).with_name("htcondor_bootstrap.sh")), share=True)
-
-    def htcondor_job_config(self, config, job_num, branches):
-        config.render_variables["bhive_repo"] = os.environ.get("BHIVE_REPO", str(Path(__file__).resolve().parents[1]))
-        config.render_variables["bhive_store"] = str(store_root())
-        return config
 
     def run(self):
         piece_dirs = construction.process_files(self.cfg, self.branch_data, self.pieces_directory() / PIECES_DIRECTORY,

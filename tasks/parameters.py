@@ -30,6 +30,12 @@ class DatasetParameters:
                                         description="dask scheduler to use (default: start a local cluster)")
     keep_pieces = luigi.BoolParameter(default=False, significant=False,
                                       description="keep the per-chunk pieces after the shards are written")
+    # dask workers started on a batch system (bhive.batch.dask_slurm_cluster)
+    dask_slurm_workers = luigi.IntParameter(
+        default=0, significant=False,
+        description="with --executor dask: start this many dask workers as Slurm jobs (dask-jobqueue); default: 0")
+    dask_worker_memory = luigi.Parameter(default="2GB", significant=False,
+                                         description="memory of each dask worker job; default: 2GB")
 
 
 class TrainingParameters:

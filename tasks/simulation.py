@@ -11,10 +11,12 @@ import luigi
 from bhive.config import ConfigError
 from bhive.simulation import sample
 from tasks.base import DatasetVersionTask
+from tasks.batch import SingleJobWorkflow
 
 
-class SimulatedSamplesTask(DatasetVersionTask):
-    """Generate the train or test split of a config's simulated sample."""
+class SimulatedSamplesTask(DatasetVersionTask, SingleJobWorkflow):
+    """Generate the train or test split of a config's simulated sample (``--workflow slurm``
+    or ``htcondor``: as one batch job)."""
 
     split = luigi.ChoiceParameter(choices=sample.SPLITS, default="train", description="train or test")
     # not "--workers": that is luigi's own option for parallel tasks

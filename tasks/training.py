@@ -5,6 +5,7 @@ from __future__ import annotations
 from bhive import training
 from bhive.config import ConfigError
 from tasks.base import DatasetVersionTask
+from tasks.batch import SingleJobWorkflow
 from tasks.dataset import DatasetConstructionTask
 from tasks.parameters import DatasetParameters, TrainingParameters
 
@@ -12,8 +13,9 @@ from tasks.parameters import DatasetParameters, TrainingParameters
 TRAINING_OVERRIDES = ("epochs", "batch_size", "learning_rate", "sampling")
 
 
-class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask):
-    """Model artifact, history and loss/accuracy plots of one training."""
+class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, SingleJobWorkflow):
+    """Model artifact, history and loss/accuracy plots of one training (``--workflow slurm`` or
+    ``htcondor``: as one batch job)."""
 
     version_parameter = "--training-version"
 
