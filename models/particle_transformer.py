@@ -61,6 +61,36 @@ def _sinh_over_x(x: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, (torch.exp(safe) - torch.exp(-safe)) / (2 * safe))
 
 
+def _log1p(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + x); by its series, plain arithmetic, for |x| < 0.1.
+
+    Runtimes round +, *, / and sqrt alike but not log, and the rapidity offsets of two nearly
+    collinear candidates are subtracted from each other: computed by arithmetic they agree
+    between PyTorch and ONNX runtimes bit for bit.
+    """
+    small = x.abs() < 0.1
+    series = x * (1 - x * (1 / 2 - x * (1 / 3 - x * (1 / 4 - x * (1 / 5 - x * (1 / 6 - x * (1 / 7 - x / 8)))))))
+    safe = torch.where(small, torch.zeros_like(x), x)
+    return torch.where(small, series, torch.log((1 + safe).clamp(min=EPSILON)))
+
+
+def _rapidity_offset(pt: torch.Tensor, pz: torch.Tensor, mass2: torch.Tensor,
+                     transverse_mass: torch.Tensor) -> torch.Tensor:
+    """y - eta, the rapidity minus the pseudorapidity, without cancellation: zero for massless
+    candidates and small for light ones, so that rapidity differences keep the precision of the
+    eta differences they are mostly made of.
+
+    With p = |p|, E^2 = mT^2 + pz^2: y - eta = sign(pz) log1p(r),
+    r = -m^2 (|pz| / (pt + mT) + pz^2 / (E pt + p mT)) / ((|pz| + p) mT).
+    """
+    momentum = torch.sqrt(pt * pt + pz * pz)
+    energy = torch.sqrt(transverse_mass * transverse_mass + pz * pz)
+    spread = pz.abs() / (pt + transverse_mass).clamp(min=EPSILON) + \
+        pz * pz / (energy * pt + momentum * transverse_mass).clamp(min=EPSILON)
+    r = -mass2 * spread / ((pz.abs() + momentum) * transverse_mass).clamp(min=EPSILON)
+    return torch.sign(pz) * _log1p(r.clamp(min=-1 + EPSILON))
+
+
 def pair_features(pt: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor, mask: torch.Tensor,
                   energy: torch.Tensor | None = None, mass: torch.Tensor | None = None) -> torch.Tensor:
     """ln Delta, ln k_T, ln z, ln m^2 of every candidate pair: (B, 4, P, P) from (B, P) inputs.
@@ -76,23 +106,23 @@ def pair_features(pt: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor, mask: 
         return x.unsqueeze(-1), x.unsqueeze(-2)
 
     mass_from_energy = energy is not None and mass is None
+    (eta_a, eta_b) = pair(eta)
+    dy = eta_a - eta_b
     if energy is None and mass is None:
-        rapidity, mass2, transverse_mass = eta, torch.zeros_like(pt), pt
+        mass2, transverse_mass = torch.zeros_like(pt), pt
     else:
         pz = pt * eta * _sinh_over_x(eta)
         if mass is not None:
             mass2 = mass * mass
-            transverse_mass = torch.sqrt(pt * pt + mass2)
-            energy = torch.sqrt(transverse_mass * transverse_mass + pz * pz)
         else:
             momentum = torch.sqrt(pt * pt + pz * pz)
             mass2 = ((energy - momentum) * (energy + momentum)).clamp(min=0.0)
-            transverse_mass = torch.sqrt(pt * pt + mass2)
-        rapidity = torch.sign(pz) * torch.log(((pz.abs() + energy) / transverse_mass.clamp(min=EPSILON))
-                                              .clamp(min=EPSILON))
+        transverse_mass = torch.sqrt(pt * pt + mass2)
+        energy = torch.sqrt(transverse_mass * transverse_mass + pz * pz)
+        offset_a, offset_b = pair(_rapidity_offset(pt, pz, mass2, transverse_mass))
+        dy = dy + (offset_a - offset_b)
 
-    (pt_a, pt_b), (y_a, y_b), (mt_a, mt_b), (m2_a, m2_b) = pair(pt), pair(rapidity), pair(transverse_mass), pair(mass2)
-    dy = y_a - y_b
+    (pt_a, pt_b), (mt_a, mt_b), (m2_a, m2_b) = pair(pt), pair(transverse_mass), pair(mass2)
     dphi_raw = phi.unsqueeze(-1) - phi.unsqueeze(-2)
     # exact for |dphi| < pi, where rounding to the nearest multiple of 2 pi gives zero
     dphi = dphi_raw - 2 * math.pi * torch.round(dphi_raw / (2 * math.pi))

@@ -320,3 +320,17 @@ def test_onnx_export_reproduces_torch(model_class, generator):
     (onnx_logits,) = session.run(None, {k: other_inputs[k].numpy() for k in keys})
     with torch.no_grad():
         np.testing.assert_allclose(onnx_logits, model(other_inputs).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_rapidity_differences_of_massive_nearly_collinear_candidates_are_exact():
+    """With masses, the rapidity difference of two nearly collinear candidates is their eta
+    difference plus a small offset computed by arithmetic alone, so it keeps the eta
+    difference's precision (a difference of two logarithms would not, and runtimes round
+    logarithms differently)."""
+    pt, eta, phi = [12.0, 12.5, 3.0], [1.3, 1.3 + 3e-5, -0.4], [0.2, 0.2 + 2e-5, 1.0]
+    mass = [0.1396, 0.1396, 0.4937]
+    expected = paper_pair_features(pt, eta, phi, mass)
+    features = pair_features(*(torch.tensor([values]) for values in (pt, eta, phi)), torch.ones(1, 3, dtype=bool),
+                             mass=torch.tensor([mass]))
+    off_diagonal = ~np.eye(3, dtype=bool)
+    np.testing.assert_allclose(features[0].numpy()[:, off_diagonal], expected[:, off_diagonal], rtol=2e-5, atol=2e-5)
