@@ -31,7 +31,7 @@ DATASET_SECTIONS = (
     "treename", "processes", "process_overlap", "bins_pt", "bins_eta", "pt_key", "eta_key",
     "global_features", "global_custom_features", "cpf_candidates", "n_cpf_candidates",
     "cpf_custom_features", "npf_candidates", "n_npf_candidates", "npf_custom_features",
-    "vtx_features", "n_vtx_candidates", "vtx_custom_features", "truths", "reference_flavour",
+    "vtx_features", "n_vtx_candidates", "vtx_custom_features", "optional_groups", "truths", "reference_flavour",
     "reference_taggers", "processor",
 )
 
