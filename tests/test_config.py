@@ -820,6 +820,7 @@ def test_config_error_is_value_error_with_parts(config_dir: Path) -> None:
 
 def test_plugins_default_to_none_and_keep_their_order(config_dir: Path) -> None:
     assert load(config_dir, BASE).plugins == ()
+    assert load(config_dir, changed(lambda c: c.update(plugins=None))).plugins == ()
     config = load(config_dir, changed(lambda c: c.update(plugins=["my_group.taggers", "other_group"])))
     assert config.plugins == ("my_group.taggers", "other_group")
     assert config.raw["plugins"] == ["my_group.taggers", "other_group"]

@@ -221,7 +221,7 @@ class ConfigFile(Section):
     dataloader: Name = Field(description="dataloader that feeds the shards to the model (dataloaders/)")
     model: Name = Field(description="model, by class name (models/); --model-name overrides it per run")
     training: TrainingConfig = Field(description="training defaults; task parameters override them per run")
-    plugins: Annotated[Names("plugin modules", allow_empty=True, item=ModuleName), EMPTY_IF_NULL] = Field(
+    plugins: Annotated[Names("plugin modules", allow_empty=True, item=ModuleName), EMPTY_LIST_IF_NULL] = Field(
         description="Python modules (dotted names like my_group.taggers) whose models, dataloaders and "
                     "processors are registered besides the built-in ones")
 
