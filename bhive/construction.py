@@ -15,12 +15,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bhive import dataset, inputs, plotting, reweighting
 from bhive.config import Config
 from bhive.store import code_version, stable_hash
+
+if TYPE_CHECKING:  # importing it at run time would load coffea with this module
+    from bhive.plugins.processor import JetProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +56,14 @@ class ExecutorSettings:
             raise ValueError("chunk size and number of processes must be at least 1")
 
 
-def check_inputs(cfg: Config, files: Sequence[str], required_branches: set[str]) -> dict[str, int]:
-    """Check every file (tree, branches) and assign processes; returns file -> process index."""
+def check_inputs(cfg: Config, files: Sequence[str], processor: JetProcessor) -> dict[str, int]:
+    """Check every file (tree, the branches ``processor`` needs from it) and assign processes;
+    returns file -> process index."""
     truth_branches = {c.branch for rule in cfg.truths for c in rule.conditions}
     for path in files:
-        inputs.check_file(path, cfg.treename, required_branches, truth_branches)
+        available, _ = inputs.tree_branches(path, cfg.treename)
+        inputs.check_branches(path, cfg.treename, available, processor.required_branches(available), truth_branches,
+                              set(cfg.reference_branches()))
     return inputs.assign_processes(files, cfg.processes, cfg.process_overlap)
 
 
@@ -86,8 +93,7 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
     from coffea.nanoevents import BaseSchema
 
     if file_processes is None:
-        probe = processor_cls(cfg, piece_directory, {})
-        file_processes = check_inputs(cfg, files, probe.required_branches())
+        file_processes = check_inputs(cfg, files, processor_cls(cfg, piece_directory, {}))
     instance = processor_cls(cfg, piece_directory, file_processes)
     piece_directory.mkdir(parents=True, exist_ok=True)
     # retrying only helps against transient network errors; a local file fails the same way again
