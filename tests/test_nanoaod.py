@@ -235,6 +235,55 @@ def test_only_the_groups_the_config_uses_are_attached(files, tmp_path):
     assert not any(f.startswith(("SV_", "PFCands_")) for f in table.fields)
 
 
+# Candidate features every layout with PF candidates has, spelled with either prefix.
+COMMON_CPF = {"cpf_candidates": ["PFCand_pt", "PFCand_pdgId"],
+              "cpf_custom_features": {"cand_deta": "PFCand_eta - Jet_eta"}}
+
+
+def common_variant(tmp_path, prefix):
+    """The shipped config with only candidate features central NanoAOD has, under ``prefix``."""
+    spelled = yaml.safe_load(yaml.safe_dump(COMMON_CPF).replace("PFCand_", prefix))
+    return load_config(write_variant(tmp_path, f"common_{prefix}", global_custom_features={}, **spelled))
+
+
+def test_central_nanoaod_candidates_are_matched_in_the_cone(tmp_path):
+    path = tmp_path / "v15_ttbar.root"
+    write_nanoaod(path, N_EVENTS, seed=14, layout="v15")
+    events = read_events(path)
+    assert "PFCands_pt" not in events[0] and "JetPFCands_jetIdx" not in events[0]
+    table = jet_table(path, common_variant(tmp_path, "PFCand_"), tmp_path)
+    assert_cone_matches(table, events, "PFCand_", "PFCand_pt", ["PFCand_pdgId"])
+    named = [[i for i in (event["Jet_svIdx1"][jet], event["Jet_svIdx2"][jet]) if i >= 0]
+             for event in events for jet in range(len(event["Jet_pt"]))]
+    assert table["SV_mass"].tolist() == per_jet(events, "SV_mass", named)
+
+
+@pytest.mark.parametrize("prefix", ["PFCand_", "PFCands_"])
+def test_either_prefix_names_the_files_candidates(tmp_path, prefix):
+    # the same seed gives the same events in every layout; without the jet table a PFNano file
+    # is matched in the cone like a central one, so both give the same table
+    central, btv = tmp_path / "v15.root", tmp_path / "pfnano.root"
+    write_nanoaod(central, N_EVENTS, seed=15, layout="v15")
+    write_nanoaod(btv, N_EVENTS, seed=15, layout="pfnano", with_association=False)
+    cfg = common_variant(tmp_path, prefix)
+    from_central, from_btv = jet_table(central, cfg, tmp_path), jet_table(btv, cfg, tmp_path)
+    assert f"{prefix}pt" in from_central.fields and from_central.tolist() == from_btv.tolist()
+    assert ak.sum(ak.num(from_central[f"{prefix}pt"])) > 0
+
+
+def test_required_branches_follow_the_files_candidate_prefix(tmp_path):
+    proc = NanoAODProcessor(common_variant(tmp_path, "PFCand_"), tmp_path, {})
+    central = {"Jet_pt", "PFCand_pt", "PFCand_eta"}
+    btv = {"Jet_pt", "PFCands_pt", "PFCands_eta", "PFCands_d0"}
+    assert {"PFCand_pt", "PFCand_pdgId", "PFCand_eta", "PFCand_phi"} <= proc.required_branches(central)
+    for available in (btv, btv | central):  # a file with both: BTV's, with its tracks and jet table
+        required = proc.required_branches(available)
+        assert {"PFCands_pt", "PFCands_pdgId", "PFCands_eta", "PFCands_phi"} <= required
+        assert not any(b.startswith("PFCand_") for b in required)
+    # a file without candidates is checked for the names the config writes
+    assert "PFCand_pdgId" in proc.required_branches({"Jet_pt"}) and "PFCand_pdgId" in proc.required_branches()
+
+
 def flavour_label(hadron, parton):
     if hadron == 5:
         return 0
