@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bhive import dataset, inputs, plotting, reweighting
-from bhive.config import Config
+from bhive import dataset, inputs, optional_groups, plotting, reweighting
+from bhive.config import CandidateGroup, Config
 from bhive.store import code_version, stable_hash
 
 if TYPE_CHECKING:  # importing it at run time would load coffea with this module
@@ -88,11 +88,17 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
                   processor_cls: type, file_processes: dict[str, int] | None = None) -> list[Path]:
     """Run ``processor_cls`` (the config's processor plugin) over ``files``; returns the piece
     directories, sorted by name. Pieces that already exist (from an interrupted run) are reused.
+
+    The config's optional groups that the inputs of either split lack are left out
+    (:func:`bhive.optional_groups.dataset_config`), and the files are checked, unless
+    ``file_processes`` (the process of each file) is given: then the caller has done both and
+    ``cfg`` is used as it is.
     """
     from coffea import processor
     from coffea.nanoevents import BaseSchema
 
     if file_processes is None:
+        cfg = optional_groups.dataset_config(cfg, processor_cls)
         file_processes = check_inputs(cfg, files, processor_cls(cfg, piece_directory, {}))
     instance = processor_cls(cfg, piece_directory, file_processes)
     piece_directory.mkdir(parents=True, exist_ok=True)
@@ -123,6 +129,7 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     from bhive import pieces
 
     infos = [pieces.read_info(d) for d in piece_dirs]
+    groups = _piece_groups(cfg, infos)
     labels = cfg.truth_labels
     counts = dataset.total_counts(infos)
     if counts["kept"] == 0:
@@ -159,9 +166,11 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
         "code_version": code_version(),
         "features": {
             "global": [*cfg.global_features, *cfg.global_custom_features],
-            **{g.name: [*g.features, *g.custom_features] for g in cfg.candidate_groups.values()},
+            **{g.name: [*g.features, *g.custom_features] for g in groups},
         },
-        "n_candidates": {g.name: g.n_candidates for g in cfg.candidate_groups.values()},
+        "n_candidates": {g.name: g.n_candidates for g in groups},
+        # optional groups the inputs lack (absent from features above)
+        "dropped_groups": [name for name in cfg.candidate_groups if name not in {g.name for g in groups}],
         "kinematics": [cfg.pt_key, cfg.eta_key],
         "truth_labels": list(labels),
         "reference_flavour": cfg.reference_flavour,
@@ -182,3 +191,20 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     }
     dataset.write_meta(directory, meta)
     return meta
+
+
+def _piece_groups(cfg: Config, infos: Sequence[dict]) -> list[CandidateGroup]:
+    """The config's candidate groups the pieces hold: all of them but the optional groups the
+    inputs lack, the same in every piece."""
+    held = {tuple(name for name in cfg.candidate_groups if name in info["arrays"]) for info in infos}
+    if len(held) > 1:
+        raise dataset.DatasetError(
+            f"the pieces hold different candidate groups ({' / '.join(', '.join(h) or 'none' for h in sorted(held))}): "
+            f"the input files changed while the dataset was being built; remove the output with --remove-output "
+            f"and build it again")
+    names = held.pop() if held else tuple(cfg.candidate_groups)
+    absent = [name for name in cfg.candidate_groups if name not in names and name not in cfg.optional_groups]
+    if absent:
+        raise dataset.DatasetError(f"the pieces lack the candidate group(s) {', '.join(absent)}, which are not in "
+                                   f"optional_groups; remove the output with --remove-output and build it again")
+    return [cfg.candidate_groups[name] for name in names]
