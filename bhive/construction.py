@@ -16,12 +16,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bhive import dataset, inputs, plotting, reweighting
-from bhive.config import Config
+from bhive import dataset, inputs, optional_groups, plotting, reweighting
+from bhive.config import CandidateGroup, Config
 from bhive.store import code_version, stable_hash
+
+if TYPE_CHECKING:  # importing it at run time would load coffea with this module
+    from bhive.plugins.processor import JetProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ DATASET_SECTIONS = (
     "treename", "processes", "process_overlap", "bins_pt", "bins_eta", "pt_key", "eta_key",
     "global_features", "global_custom_features", "cpf_candidates", "n_cpf_candidates",
     "cpf_custom_features", "npf_candidates", "n_npf_candidates", "npf_custom_features",
-    "vtx_features", "n_vtx_candidates", "vtx_custom_features", "truths", "reference_flavour",
+    "vtx_features", "n_vtx_candidates", "vtx_custom_features", "optional_groups", "truths", "reference_flavour",
     "reference_taggers", "processor",
 )
 
@@ -58,11 +62,14 @@ class ExecutorSettings:
             raise ValueError("dask workers on Slurm need --executor dask and no --scheduler-address")
 
 
-def check_inputs(cfg: Config, files: Sequence[str], required_branches: set[str]) -> dict[str, int]:
-    """Check every file (tree, branches) and assign processes; returns file -> process index."""
+def check_inputs(cfg: Config, files: Sequence[str], processor: JetProcessor) -> dict[str, int]:
+    """Check every file (tree, the branches ``processor`` needs from it) and assign processes;
+    returns file -> process index."""
     truth_branches = {c.branch for rule in cfg.truths for c in rule.conditions}
     for path in files:
-        inputs.check_file(path, cfg.treename, required_branches, truth_branches)
+        available, _ = inputs.tree_branches(path, cfg.treename)
+        inputs.check_branches(path, cfg.treename, available, processor.required_branches(available), truth_branches,
+                              set(cfg.reference_branches()))
     return inputs.assign_processes(files, cfg.processes, cfg.process_overlap)
 
 
@@ -95,13 +102,18 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
     """Run ``processor_cls`` (the config's processor plugin) over ``files``; returns the piece
     directories, sorted by name. Pieces that already exist (from an interrupted run) are reused.
     Logs of dask workers started as Slurm jobs go beside ``piece_directory``, to ``dask-jobs/``.
+
+    The config's optional groups that the inputs of either split lack are left out
+    (:func:`bhive.optional_groups.dataset_config`), and the files are checked, unless
+    ``file_processes`` (the process of each file) is given: then the caller has done both and
+    ``cfg`` is used as it is.
     """
     from coffea import processor
     from coffea.nanoevents import BaseSchema
 
     if file_processes is None:
-        probe = processor_cls(cfg, piece_directory, {})
-        file_processes = check_inputs(cfg, files, probe.required_branches())
+        cfg = optional_groups.dataset_config(cfg, processor_cls)
+        file_processes = check_inputs(cfg, files, processor_cls(cfg, piece_directory, {}))
     instance = processor_cls(cfg, piece_directory, file_processes)
     piece_directory.mkdir(parents=True, exist_ok=True)
     # retrying only helps against transient network errors; a local file fails the same way again
@@ -129,6 +141,7 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     from bhive import pieces
 
     infos = [pieces.read_info(d) for d in piece_dirs]
+    groups = _piece_groups(cfg, infos)
     labels = cfg.truth_labels
     counts = dataset.total_counts(infos)
     if counts["kept"] == 0:
@@ -165,9 +178,11 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
         "code_version": code_version(),
         "features": {
             "global": [*cfg.global_features, *cfg.global_custom_features],
-            **{g.name: [*g.features, *g.custom_features] for g in cfg.candidate_groups.values()},
+            **{g.name: [*g.features, *g.custom_features] for g in groups},
         },
-        "n_candidates": {g.name: g.n_candidates for g in cfg.candidate_groups.values()},
+        "n_candidates": {g.name: g.n_candidates for g in groups},
+        # optional groups the inputs lack (absent from features above)
+        "dropped_groups": [name for name in cfg.candidate_groups if name not in {g.name for g in groups}],
         "kinematics": [cfg.pt_key, cfg.eta_key],
         "truth_labels": list(labels),
         "reference_flavour": cfg.reference_flavour,
@@ -188,3 +203,20 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     }
     dataset.write_meta(directory, meta)
     return meta
+
+
+def _piece_groups(cfg: Config, infos: Sequence[dict]) -> list[CandidateGroup]:
+    """The config's candidate groups the pieces hold: all of them but the optional groups the
+    inputs lack, the same in every piece."""
+    held = {tuple(name for name in cfg.candidate_groups if name in info["arrays"]) for info in infos}
+    if len(held) > 1:
+        raise dataset.DatasetError(
+            f"the pieces hold different candidate groups ({' / '.join(', '.join(h) or 'none' for h in sorted(held))}): "
+            f"the input files changed while the dataset was being built; remove the output with --remove-output "
+            f"and build it again")
+    names = held.pop() if held else tuple(cfg.candidate_groups)
+    absent = [name for name in cfg.candidate_groups if name not in names and name not in cfg.optional_groups]
+    if absent:
+        raise dataset.DatasetError(f"the pieces lack the candidate group(s) {', '.join(absent)}, which are not in "
+                                   f"optional_groups; remove the output with --remove-output and build it again")
+    return [cfg.candidate_groups[name] for name in names]

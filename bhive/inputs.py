@@ -117,8 +117,20 @@ def file_list_hash(files: Sequence[str]) -> str:
     return stable_hash(described)
 
 
-def check_file(path: str, treename: str, branches: set[str], truth_branches: set[str]) -> int:
+def check_file(path: str, treename: str, branches: set[str], truth_branches: set[str],
+               reference_branches: set[str] = frozenset()) -> int:
     """Open one file and check its tree and branches; returns the number of entries.
+
+    Only the header, the directories and the tree's metadata are read, never a basket (see
+    :func:`tree_branches`).
+    """
+    available, entries = tree_branches(path, treename)
+    check_branches(path, treename, available, branches, truth_branches, reference_branches)
+    return entries
+
+
+def tree_branches(path: str, treename: str) -> tuple[set[str], int]:
+    """The branch names and the number of entries of the tree ``treename`` in one file.
 
     Only the header, the directories and the tree's metadata are read, never a basket, so the
     check stays cheap for large remote files. Damage inside the baskets shows only when they
@@ -138,19 +150,27 @@ def check_file(path: str, treename: str, branches: set[str], truth_branches: set
         _check_size(file, path)
         tree = _find_tree(file, path, treename)
         try:
-            keys = set(tree.keys())
-            entries = tree.num_entries
+            return set(tree.keys()), tree.num_entries
         except Exception as error:
             raise _unreadable(path, error) from error
-    missing_truth = sorted(truth_branches - keys)
-    if missing_truth:
-        raise InputError(f"input file '{path}', tree '{treename}': truth branch(es) "
-                         f"{', '.join(missing_truth)} missing; fix `truths` in the config")
-    missing = sorted(branches - keys)
-    if missing:
-        raise InputError(f"input file '{path}', tree '{treename}': branch(es) {', '.join(missing)} "
-                         f"missing; remove them from the config's features or use other ntuples")
-    return entries
+
+
+def check_branches(path: str, treename: str, available: set[str], branches: set[str], truth_branches: set[str],
+                   reference_branches: set[str] = frozenset()) -> None:
+    """Refuse a file whose tree (with branches ``available``) lacks a branch the config reads.
+
+    Truth and reference-tagger branches are named apart, each with the config key to fix.
+    """
+    where = f"input file '{path}', tree '{treename}'"
+    missing = set(branches | truth_branches) - set(available)
+    for kind, names, fix in (
+            ("truth branch(es)", missing & truth_branches, "fix `truths` in the config"),
+            ("reference tagger branch(es)", missing & reference_branches - truth_branches,
+             "fix `reference_taggers` in the config: list only taggers these ntuples store"),
+            ("branch(es)", missing - truth_branches - reference_branches,
+             "remove them from the config's features or use other ntuples")):
+        if names:
+            raise InputError(f"{where}: {kind} {', '.join(sorted(names))} missing; {fix}")
 
 
 _TREE_CLASSES = ("TTree", "TNtuple", "ROOT::RNTuple", "ROOT::Experimental::RNTuple")

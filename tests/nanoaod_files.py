@@ -1,11 +1,22 @@
 """Small NanoAOD-shaped input files, written by the tests themselves.
 
-The layout follows CMS (BTV) NanoAOD: one tree entry per event, collections as counter +
-per-object branches (``nJet``/``Jet_*``, ``nSV``/``SV_*``, ``nPFCands``/``PFCands_*``,
-``nJetPFCands``/``JetPFCands_*``), event-level ``PV_npvs``. Content is random but shaped
-like the real thing: jet constituents scattered around the jet axis, pileup candidates and
-stray vertices far from any jet, displaced tracks and vertices in heavy-flavour jets, and
--1 for the track quantities of candidates without a track.
+One tree entry per event, collections as a counter + per-object branches (``nJet``/``Jet_*``,
+``nSV``/``SV_*``, ...), event-level ``PV_npvs`` and ``genWeight``, in the branch sets of the
+three layouts CMS produces (:data:`LAYOUTS`):
+
+- ``pfnano``: BTV PFNano, ``PFCands_*`` with track quantities and the ``JetPFCands`` jet ->
+  candidate table, ``SV_*``, DeepJet and ParticleNet scores;
+- ``v15``: central NanoAOD v15, ``PFCand_{pt,eta,phi,mass,pdgId}`` without a jet table,
+  ``SV_*``, DeepJet, ParticleNet and UParT scores;
+- ``v12``: central NanoAOD v12, no PF candidates, ``SV_*`` (absent in some skims: ``with_sv``),
+  DeepJet, ParticleNet and RobustParT scores.
+
+Every layout has ``Jet_svIdx1``/``Jet_svIdx2`` (``with_sv_index``), ``Jet_hadronFlavour``,
+``Jet_partonFlavour`` and ``Jet_genJetIdx``. The events do not depend on the layout: the same
+seed gives the same jets, vertices and candidates in each, only the branches written differ.
+Content is random but shaped like the real thing: jet constituents scattered around the jet
+axis, pileup candidates and stray vertices far from any jet, displaced tracks and vertices in
+heavy-flavour jets, and -1 for the track quantities of candidates without a track.
 """
 
 from __future__ import annotations
@@ -17,39 +28,62 @@ import numpy as np
 import uproot
 
 TREE = "Events"
+LAYOUTS = ("pfnano", "v15", "v12")
 
 _NEUTRAL_PDG_IDS = (22, 130)
 _CHARGED_PDG_IDS = (211, 211, 211, 211, 11, 13)  # mostly pions
 
+_F, _I16, _I32, _U8 = np.float32, np.int16, np.int32, np.uint8
+_DEEPJET = {f"btagDeepFlav{name}": _F for name in ("B", "CvB", "CvL", "QG")}
+_PNET_V12 = {f"btagPNet{name}": _F for name in ("B", "CvB", "CvL", "QvG")}
+_PNET_V15 = {**_PNET_V12, **{f"btagPNet{name}": _F for name in ("CvNotB", "TauVJet")}}
+_UPART = {f"btagUParTAK4{name}": _F for name in ("B", "CvB", "CvL", "CvNotB", "QvG", "probb", "probbb", "problepb",
+                                                  "probc", "probuds", "probg")}
+_ROBUST_PART = {f"btagRobustParTAK4{name}": _F for name in ("B", "CvB", "CvL", "QG")}
+_JET = {"pt": _F, "eta": _F, "phi": _F, "mass": _F, "nConstituents": _U8, "hadronFlavour": _U8,
+        "partonFlavour": _I16, "genJetIdx": _I16}
+_SV_INDEX = {"svIdx1": _I16, "svIdx2": _I16}
+#: the SV table of central NanoAOD (16 branches)
+_SV = {"pt": _F, "eta": _F, "phi": _F, "mass": _F, "x": _F, "y": _F, "z": _F, "dxy": _F, "dxySig": _F, "dlen": _F,
+       "dlenSig": _F, "pAngle": _F, "chi2": _F, "ndof": _F, "ntracks": _U8, "charge": _I16}
+_PF_CENTRAL = {"pt": _F, "eta": _F, "phi": _F, "mass": _F, "pdgId": _I32}
+_PF_BTV = {**_PF_CENTRAL, "charge": _I32, "d0": _F, "d0Err": _F, "dz": _F, "dzErr": _F, "puppiWeight": _F,
+           "trkChi2": _F, "lostInnerHits": _I32, "pvAssocQuality": _I32}
+_LINKS = {"jetIdx": _I16, "pFCandsIdx": _I16}
 
-def write_nanoaod(path: Path | str, n_events: int, seed: int, with_association: bool = True,
-                  with_sv_index: bool = True) -> int:
-    """Write ``n_events`` NanoAOD-like events to ``path``; returns the number of jets.
+#: per layout: the jet score branches and the PF candidate collection (name, fields), if any
+_TAGGERS = {"pfnano": {**_DEEPJET, **_PNET_V12}, "v15": {**_DEEPJET, **_PNET_V15, **_UPART},
+            "v12": {**_DEEPJET, **_PNET_V12, **_ROBUST_PART}}
+_CANDIDATES = {"pfnano": ("PFCands", _PF_BTV), "v15": ("PFCand", _PF_CENTRAL), "v12": None}
 
-    ``with_association`` adds the ``JetPFCands`` jet -> candidate table; ``with_sv_index``
-    adds ``Jet_svIdx1``/``Jet_svIdx2``. Without them a reader has to match by dR.
+
+def write_nanoaod(path: Path | str, n_events: int, seed: int, layout: str = "pfnano", with_association: bool = True,
+                  with_sv_index: bool = True, with_sv: bool = True) -> int:
+    """Write ``n_events`` NanoAOD-like events in ``layout`` to ``path``; returns the number of jets.
+
+    ``with_association`` adds the ``JetPFCands`` jet -> candidate table (``pfnano`` only, the
+    only layout that has one); ``with_sv_index`` adds ``Jet_svIdx1``/``Jet_svIdx2``; without
+    ``with_sv`` there is no ``SV_*`` collection, as in skims. Without the links a reader has to
+    match by dR.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
     rng = np.random.default_rng(seed)
-    jets, svs, candidates, links = [], [], [], []
-    for _ in range(n_events):
-        event_jets, event_svs, event_candidates, event_links = _event(rng)
-        jets.append(event_jets)
-        svs.append(event_svs)
-        candidates.append(event_candidates)
-        links.append(event_links)
+    events = [_event(rng) for _ in range(n_events)]
+    jets, svs, candidates, links = (list(parts) for parts in zip(*events)) if events else ([], [], [], [])
 
-    jet_fields = ["pt", "eta", "phi", "mass", "nConstituents", "hadronFlavour", "partonFlavour",
-                  "btagDeepFlavB", "btagDeepFlavCvL", "btagDeepFlavCvB"]
-    if with_sv_index:
-        jet_fields += ["svIdx1", "svIdx2"]
-    arrays = {
-        "Jet": _collection(jets, jet_fields),
-        "SV": _collection(svs, list(_SV_DTYPES)),
-        "PFCands": _collection(candidates, list(_PF_DTYPES)),
-        "PV_npvs": (rng.poisson(30, n_events) + 1).astype(np.int32),
-    }
-    if with_association:
-        arrays["JetPFCands"] = _collection(links, ["jetIdx", "pFCandsIdx"])
+    arrays = {"Jet": _collection(jets, {**_JET, **_TAGGERS[layout], **(_SV_INDEX if with_sv_index else {})})}
+    if with_sv:
+        arrays["SV"] = _collection(svs, _SV)
+    if _CANDIDATES[layout] is not None:
+        name, fields = _CANDIDATES[layout]
+        arrays[name] = _collection(candidates, fields)
+        if layout == "pfnano" and with_association:
+            arrays["JetPFCands"] = _collection(links, _LINKS)
+    # event-level branches, drawn after the collections so that these do not depend on them
+    arrays["PV_npvs"] = (rng.poisson(30, n_events) + 1).astype(np.int32)
+    arrays["genWeight"] = (rng.choice([-1.0, 1.0], n_events, p=[0.02, 0.98]) * rng.normal(450, 5, n_events)) \
+        .astype(np.float32)
     types = {name: (value.dtype if isinstance(value, np.ndarray) else value.type.content)
              for name, value in arrays.items()}
     with uproot.recreate(path) as file:
@@ -57,26 +91,12 @@ def write_nanoaod(path: Path | str, n_events: int, seed: int, with_association: 
     return sum(len(event["pt"]) for event in jets)
 
 
-_JET_DTYPES = {"pt": np.float32, "eta": np.float32, "phi": np.float32, "mass": np.float32,
-               "nConstituents": np.uint8, "hadronFlavour": np.uint8, "partonFlavour": np.int16,
-               "btagDeepFlavB": np.float32, "btagDeepFlavCvL": np.float32, "btagDeepFlavCvB": np.float32,
-               "svIdx1": np.int16, "svIdx2": np.int16}
-_SV_DTYPES = {"pt": np.float32, "eta": np.float32, "phi": np.float32, "mass": np.float32,
-              "dxy": np.float32, "dxySig": np.float32, "dlen": np.float32, "dlenSig": np.float32,
-              "pAngle": np.float32, "chi2": np.float32, "ndof": np.float32, "ntracks": np.uint8}
-_PF_DTYPES = {"pt": np.float32, "eta": np.float32, "phi": np.float32, "mass": np.float32,
-              "charge": np.int32, "pdgId": np.int32, "d0": np.float32, "d0Err": np.float32,
-              "dz": np.float32, "dzErr": np.float32, "puppiWeight": np.float32}
-_LINK_DTYPES = {"jetIdx": np.int16, "pFCandsIdx": np.int16}
-_DTYPES = {**_JET_DTYPES, **_SV_DTYPES, **_PF_DTYPES, **_LINK_DTYPES}
-
-
-def _collection(events: list[dict[str, np.ndarray]], fields: list[str]) -> ak.Array:
+def _collection(events: list[dict[str, np.ndarray]], dtypes: dict[str, type]) -> ak.Array:
     """Per-event dicts of equal-length columns -> a jagged record array (one list per event)."""
+    fields = list(dtypes)
     counts = np.array([len(event[fields[0]]) for event in events], dtype=np.int64)
     columns = {}
-    for field in fields:
-        dtype = _DTYPES[field]
+    for field, dtype in dtypes.items():
         flat = np.concatenate([np.asarray(event[field]) for event in events]) if events else np.zeros(0)
         columns[field] = ak.unflatten(flat.astype(dtype), counts)
     return ak.zip(columns)
@@ -103,7 +123,24 @@ def _event(rng: np.random.Generator) -> tuple[dict, dict, dict, dict]:
     parton = np.where(hadron == 0, light_parton, heavy_parton)
     is_b, is_c = hadron == 5, hadron == 4
 
-    # Secondary vertices: most b jets, some c jets, few light jets; plus stray ones.
+    svs, sv_index = _vertices(rng, n_jets, eta, phi, pt, is_b | is_c, is_b, is_c)
+    candidates, links, n_constituents = _candidates(rng, n_jets, eta, phi, pt, is_b | is_c)
+
+    # genJetIdx: -1 for jets without a generator jet (mostly pileup: no parton either)
+    gen_index = np.where((parton == 0) & (rng.random(n_jets) < 0.8), -1, np.arange(n_jets))
+    jets = {
+        "pt": pt, "eta": eta, "phi": phi, "mass": pt * rng.uniform(0.05, 0.2, n_jets),
+        "nConstituents": n_constituents, "hadronFlavour": hadron, "partonFlavour": parton, "genJetIdx": gen_index,
+        "svIdx1": sv_index[:, 0], "svIdx2": sv_index[:, 1],
+        **_scores(rng, is_b, is_c, parton),
+    }
+    return jets, svs, candidates, links
+
+
+def _vertices(rng: np.random.Generator, n_jets: int, eta: np.ndarray, phi: np.ndarray, pt: np.ndarray,
+              heavy_jet: np.ndarray, is_b: np.ndarray, is_c: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Secondary vertices (most b jets, some c jets, few light jets, plus stray ones), stored
+    shuffled, and each jet's (svIdx1, svIdx2)."""
     sv_jet = []
     for jet in range(n_jets):
         probability = 0.8 if is_b[jet] else 0.5 if is_c[jet] else 0.1
@@ -114,30 +151,38 @@ def _event(rng: np.random.Generator) -> tuple[dict, dict, dict, dict]:
     near = sv_jet >= 0
     n_svs = len(sv_jet)
     sv_eta = np.where(near, _of_jet(eta, sv_jet) + rng.normal(0, 0.05, n_svs), rng.uniform(-2.5, 2.5, n_svs))
-    sv_phi = np.where(near, _of_jet(phi, sv_jet) + rng.normal(0, 0.05, n_svs), rng.uniform(-np.pi, np.pi, n_svs))
-    heavy = near & _of_jet(is_b | is_c, sv_jet)
+    sv_phi = _wrap(np.where(near, _of_jet(phi, sv_jet) + rng.normal(0, 0.05, n_svs),
+                            rng.uniform(-np.pi, np.pi, n_svs)))
+    heavy = near & _of_jet(heavy_jet, sv_jet)
     dxy = rng.exponential(np.where(heavy, 0.3, 0.05))
     dxy_error = rng.uniform(0.005, 0.03, n_svs)
     dlen = dxy * rng.uniform(1.0, 1.5, n_svs)
     dlen_error = dxy_error * rng.uniform(1.0, 2.0, n_svs)
-    ndof = rng.integers(1, 10, n_svs).astype(float)
     sv_pt = np.where(near, _of_jet(pt, sv_jet) * rng.uniform(0.1, 0.6, n_svs), rng.uniform(2, 15, n_svs))
+    pv_z = rng.normal(0, 3.5)
+    svs = {
+        "pt": sv_pt, "eta": sv_eta, "phi": sv_phi, "mass": rng.uniform(0.3, np.where(heavy, 5.0, 1.0)),
+        "x": dxy * np.cos(sv_phi), "y": dxy * np.sin(sv_phi), "z": pv_z + dxy * np.sinh(sv_eta),
+        "dxy": dxy, "dxySig": dxy / dxy_error, "dlen": dlen, "dlenSig": dlen / dlen_error,
+        "pAngle": rng.uniform(0, 0.1, n_svs), "chi2": rng.exponential(1.0, n_svs),
+        "ndof": rng.integers(1, 10, n_svs).astype(float), "ntracks": rng.integers(2, 7, n_svs),
+        "charge": rng.integers(-2, 3, n_svs),
+    }
     # Store the vertices shuffled, so matching cannot rely on their order.
     sv_order = rng.permutation(n_svs)
-    svs = {
-        "pt": sv_pt, "eta": sv_eta, "phi": _wrap(sv_phi), "mass": rng.uniform(0.3, np.where(heavy, 5.0, 1.0)),
-        "dxy": dxy, "dxySig": dxy / dxy_error, "dlen": dlen, "dlenSig": dlen / dlen_error,
-        "pAngle": rng.uniform(0, 0.1, n_svs), "chi2": rng.exponential(1.0, n_svs), "ndof": ndof,
-        "ntracks": rng.integers(2, 7, n_svs),
-    }
     svs = {name: values[sv_order] for name, values in svs.items()}
     stored_position = np.argsort(sv_order)  # generated vertex i is stored at stored_position[i]
     sv_index = np.full((n_jets, 2), -1, dtype=np.int64)
     for jet in range(n_jets):
         own = stored_position[np.flatnonzero(sv_jet == jet)][:2]
         sv_index[jet, :len(own)] = own
+    return svs, sv_index
 
-    # PF candidates: constituents scattered around each jet axis, plus pileup anywhere.
+
+def _candidates(rng: np.random.Generator, n_jets: int, eta: np.ndarray, phi: np.ndarray, pt: np.ndarray,
+                heavy_jet: np.ndarray) -> tuple[dict, dict, np.ndarray]:
+    """PF candidates (constituents scattered around each jet axis, plus pileup anywhere) stored
+    shuffled, the JetPFCands table, and the number of constituents of each jet."""
     n_constituents = np.minimum(2 + rng.poisson(pt / 10), 60).astype(np.int64)
     cand_jet = np.concatenate([np.repeat(np.arange(n_jets), n_constituents),
                                np.full(int(rng.poisson(15)), -1)]).astype(np.int64)
@@ -150,22 +195,27 @@ def _event(rng: np.random.Generator) -> tuple[dict, dict, dict, dict]:
     share = _of_jet(pt / np.maximum(n_constituents, 1), cand_jet)
     cand_pt = np.where(constituent, rng.exponential(np.maximum(share, 1e-3)), rng.exponential(1.5, n_cands)) + 0.5
     charge = rng.choice([-1, 0, 1], size=n_cands, p=[0.33, 0.34, 0.33])
+    # pdgId carries the charge as PF writes it: +211 is a pi+, +11 and +13 are e- and mu-
+    species = rng.choice(_CHARGED_PDG_IDS, size=n_cands)
     pdg_id = np.where(charge == 0, rng.choice(_NEUTRAL_PDG_IDS, size=n_cands),
-                      charge * rng.choice(_CHARGED_PDG_IDS, size=n_cands))
+                      np.where(species == 211, charge, -charge) * species)
     has_track = charge != 0
-    displaced = constituent & _of_jet(is_b | is_c, cand_jet)
+    displaced = constituent & _of_jet(heavy_jet, cand_jet)
     d0 = rng.normal(0, 0.005, n_cands) + rng.choice([-1, 1], n_cands) * rng.exponential(
         np.where(displaced, 0.03, 0.002))
     d0_error = rng.uniform(0.001, 0.02, n_cands)
     dz = rng.normal(0, 0.02, n_cands)
     dz_error = rng.uniform(0.002, 0.04, n_cands)
+    no_track = -1.0  # NanoAOD's value of every track quantity of a candidate without a track
     candidates = {
         "pt": cand_pt, "eta": cand_eta, "phi": _wrap(cand_phi),
         "mass": np.where(has_track, 0.13957, 0.0), "charge": charge, "pdgId": pdg_id,
-        # NanoAOD's convention for candidates without a track: -1 for all track quantities
-        "d0": np.where(has_track, d0, -1.0), "d0Err": np.where(has_track, d0_error, -1.0),
-        "dz": np.where(has_track, dz, -1.0), "dzErr": np.where(has_track, dz_error, -1.0),
+        "d0": np.where(has_track, d0, no_track), "d0Err": np.where(has_track, d0_error, no_track),
+        "dz": np.where(has_track, dz, no_track), "dzErr": np.where(has_track, dz_error, no_track),
         "puppiWeight": np.where(constituent, rng.uniform(0.8, 1.0, n_cands), rng.uniform(0.0, 0.5, n_cands)),
+        "trkChi2": np.where(has_track, rng.exponential(1.0, n_cands), no_track),
+        "lostInnerHits": np.where(has_track, rng.choice([-1, 0, 1], n_cands, p=[0.8, 0.15, 0.05]), 0),
+        "pvAssocQuality": rng.choice([0, 4, 5, 6, 7], n_cands, p=[0.1, 0.1, 0.1, 0.2, 0.5]),
     }
     cand_order = rng.permutation(n_cands)
     candidates = {name: values[cand_order] for name, values in candidates.items()}
@@ -175,14 +225,23 @@ def _event(rng: np.random.Generator) -> tuple[dict, dict, dict, dict]:
     link_cand = cand_position[np.flatnonzero(constituent)]
     link_order = np.lexsort((-cand_pt[constituent], link_jet))
     links = {"jetIdx": link_jet[link_order], "pFCandsIdx": link_cand[link_order]}
+    return candidates, links, n_constituents
 
-    b_score = np.clip(rng.normal(np.where(is_b, 0.75, np.where(is_c, 0.25, 0.05)), 0.2), 0, 1)
-    cvl = np.clip(rng.normal(np.where(is_c, 0.6, np.where(is_b, 0.4, 0.15)), 0.2), 0, 1)
-    cvb = np.clip(rng.normal(np.where(is_c, 0.6, np.where(is_b, 0.15, 0.5)), 0.2), 0, 1)
-    jets = {
-        "pt": pt, "eta": eta, "phi": phi, "mass": pt * rng.uniform(0.05, 0.2, n_jets),
-        "nConstituents": n_constituents, "hadronFlavour": hadron, "partonFlavour": parton,
-        "btagDeepFlavB": b_score, "btagDeepFlavCvL": cvl, "btagDeepFlavCvB": cvb,
-        "svIdx1": sv_index[:, 0], "svIdx2": sv_index[:, 1],
-    }
-    return jets, svs, candidates, links
+
+#: mean score of b, c, gluon and other jets, by the discriminator a branch name ends with
+_SCORE_MEANS = {"B": (0.75, 0.25, 0.05, 0.05), "CvL": (0.4, 0.6, 0.15, 0.15), "CvB": (0.15, 0.6, 0.5, 0.5),
+                "CvNotB": (0.1, 0.6, 0.5, 0.5), "QvG": (0.5, 0.5, 0.2, 0.7), "QG": (0.5, 0.5, 0.7, 0.3),
+                "TauVJet": (0.1, 0.1, 0.1, 0.1), "probb": (0.6, 0.1, 0.05, 0.05), "probbb": (0.1, 0.02, 0.02, 0.02),
+                "problepb": (0.1, 0.02, 0.02, 0.02), "probc": (0.1, 0.6, 0.1, 0.1),
+                "probuds": (0.05, 0.1, 0.2, 0.6), "probg": (0.05, 0.1, 0.6, 0.2)}
+
+
+def _scores(rng: np.random.Generator, is_b: np.ndarray, is_c: np.ndarray, parton: np.ndarray) -> dict[str, np.ndarray]:
+    """Every tagger score branch of every layout, shaped like the discriminator it stands for."""
+    is_g = ~is_b & ~is_c & (parton == 21)
+    scores = {}
+    for name in {**_DEEPJET, **_PNET_V15, **_UPART, **_ROBUST_PART}:
+        # the longest matching suffix: btagPNetCvB is a CvB score, not a B score
+        b, c, g, other = _SCORE_MEANS[max((k for k in _SCORE_MEANS if name.endswith(k)), key=len)]
+        scores[name] = np.clip(rng.normal(np.where(is_b, b, np.where(is_c, c, np.where(is_g, g, other))), 0.2), 0, 1)
+    return scores

@@ -347,7 +347,7 @@ def test_raw_and_hashes_are_those_of_before(config_dir: Path) -> None:
     assert config.raw["processes"][0]["cuts"] == {"pt": [30.0, float("inf")], "abs_eta": [0.0, 2.5]}
     assert config.raw["truths"]["c"] == [{"isC": [True, {">=": 1}]}]
     # keys added after this hash was pinned, each at its default
-    sections = set(config.raw) - {"plugins", "working_points_on", "charm_working_points"}
+    sections = set(config.raw) - {"plugins", "working_points_on", "charm_working_points", "optional_groups"}
     assert sections == set(yaml.safe_load(EVERY_KEY)) | {"cpf_custom_features"}
     assert config.section_hash(*sections) == "e76389f96ea8bdf117fb7f30c3488b2c94144c8a90a8ac30d766070e570ded40"
 
@@ -555,6 +555,31 @@ def test_null_group_is_absent(config_dir: Path) -> None:
     config = load(config_dir, content)
     assert config.candidate_groups == {}
     assert "cpf_candidates" not in config.raw
+
+
+def test_optional_groups_default_to_none_and_name_configured_groups(config_dir: Path) -> None:
+    config = load(config_dir, BASE)
+    assert config.optional_groups == () and config.raw["optional_groups"] == []
+    assert load(config_dir, changed(lambda c: c.update(optional_groups=None))).optional_groups == ()
+    config = load(config_dir, changed(lambda c: c.update(optional_groups=["cpf"])))
+    assert config.optional_groups == ("cpf",) and config.raw["optional_groups"] == ["cpf"]
+    expect_error(config_dir, changed(lambda c: c.update(optional_groups=["vtx"])), "optional_groups[0]",
+                 "the vtx group is not configured ('vtx_features' is null)")
+    expect_error(config_dir, changed(lambda c: c.update(optional_groups=["cpf", "svs"])), "optional_groups[1]",
+                 "unknown candidate group 'svs'", "Allowed: cpf, npf, vtx")
+    expect_error(config_dir, changed(lambda c: c.update(optional_groups=["cpf", "cpf"])), "optional_groups[1]",
+                 "listed twice")
+    expect_error(config_dir, changed(lambda c: c.update(optional_groups="cpf")), "optional_groups",
+                 "expected a list of candidate groups, got a string")
+
+
+def test_without_groups_leaves_what_the_config_says(config_dir: Path) -> None:
+    config = load(config_dir, changed(lambda c: c.update(vtx_features=["sv_pt"], n_vtx_candidates=2,
+                                                         optional_groups=["vtx"])))
+    reduced = config.without_groups(["vtx"])
+    assert list(reduced.candidate_groups) == ["cpf"] and list(config.candidate_groups) == ["cpf", "vtx"]
+    assert "sv_pt" in config.branches() and "sv_pt" not in reduced.branches()
+    assert reduced.raw == config.raw and reduced.hash == config.hash
 
 
 def test_candidate_count_must_be_positive(config_dir: Path) -> None:
@@ -796,6 +821,7 @@ def test_config_error_is_value_error_with_parts(config_dir: Path) -> None:
 
 def test_plugins_default_to_none_and_keep_their_order(config_dir: Path) -> None:
     assert load(config_dir, BASE).plugins == ()
+    assert load(config_dir, changed(lambda c: c.update(plugins=None))).plugins == ()
     config = load(config_dir, changed(lambda c: c.update(plugins=["my_group.taggers", "other_group"])))
     assert config.plugins == ("my_group.taggers", "other_group")
     assert config.raw["plugins"] == ["my_group.taggers", "other_group"]

@@ -122,6 +122,12 @@ def test_missing_truth_branch(samples, configure, run_and_fail):
     assert "truth branch" in message and "isUDS" in message
 
 
+def test_missing_reference_tagger_branch(samples, configure, run_and_fail):
+    configure(samples, reference_taggers={"Old": {"BvsL": "jet_old_score"}})
+    message = run_and_fail()
+    assert "reference tagger branch(es) jet_old_score missing; fix `reference_taggers` in the config" in message
+
+
 def test_selection_leaving_zero_jets(samples, configure, run_and_fail):
     configure(samples, bins_pt=[5000.0, 6000.0])
     message = run_and_fail()

@@ -4,6 +4,7 @@ The expected tables are built here by plain Python loops over the events of the 
 with uproot, independently of the processor's vectorised code.
 """
 
+import itertools
 import math
 
 import awkward as ak
@@ -29,6 +30,23 @@ EDGE = 1e-4
 @pytest.fixture(scope="module")
 def cfg():
     return load_config("nanoaod_ak4")
+
+
+def btv_track_features() -> dict:
+    """The BTV PFNano track features nanoaod_ak4.yml documents in its comments, as config keys."""
+    after = load_config("nanoaod_ak4").path.read_text().split("# BTV PFNano only")[1].splitlines()
+    start = next(i for i, line in enumerate(after) if line.startswith("#   "))
+    block = itertools.takewhile(lambda line: line.startswith("#   "), after[start:])
+    snippet = yaml.safe_load("\n".join(line[4:] for line in block))
+    cpf_candidates = snippet.pop("cpf_candidates")
+    return {"cpf_candidates": cpf_candidates,
+            "cpf_custom_features": {**load_config("nanoaod_ak4").candidate_groups["cpf"].custom_features, **snippet}}
+
+
+@pytest.fixture(scope="module")
+def btv_cfg(tmp_path_factory):
+    """nanoaod_ak4 with the track features of BTV PFNano added, as its comments say."""
+    return load_config(write_variant(tmp_path_factory.mktemp("btv"), "btv", **btv_track_features()))
 
 
 class _JetTables(processor.ProcessorABC):
@@ -112,20 +130,26 @@ def test_one_row_per_jet_in_event_then_jet_order(files, cfg, tmp_path):
     assert table["PV_npvs"].tolist() == [event["PV_npvs"] for event in events for _ in event["Jet_pt"]]
 
 
-def test_association_table_gives_each_jets_constituents(files, cfg, tmp_path):
+def in_file(name, prefix):
+    """The branch a file whose candidates are ``prefix`` holds for the config's ``name``."""
+    return prefix + name.split("_", 1)[1]
+
+
+def test_association_table_gives_each_jets_constituents(files, btv_cfg, tmp_path):
     events = read_events(files["linked"])
     constituents = [
         [c for j, c in zip(event["JetPFCands_jetIdx"], event["JetPFCands_pFCandsIdx"]) if j == jet]
         for event in events for jet in range(len(event["Jet_pt"]))
     ]
-    table = jet_table(files["linked"], cfg, tmp_path)
+    table = jet_table(files["linked"], btv_cfg, tmp_path)
 
-    for name in ("PFCands_pt", "PFCands_d0", "PFCands_charge", "PFCands_puppiWeight"):
-        assert table[name].tolist() == per_jet(events, name, constituents), name
+    # the config's spelling, PFCand_ or PFCands_, names the file's PFCands_ branches
+    for name in ("PFCand_pt", "PFCand_pdgId", "PFCands_d0", "PFCands_dzErr", "PFCands_puppiWeight"):
+        assert table[name].tolist() == per_jet(events, in_file(name, "PFCands_"), constituents), name
     # the association, not a cone: constituents scattered outside 0.4 still belong to their jet
     inside, _ = cone_reference(events, "PFCands_", "PFCands_pt")
     assert any(sorted(a) != sorted(b) for a, b in zip(constituents, inside))
-    assert ak.num(table["PFCands_pt"]).tolist() == table["Jet_nConstituents"].tolist()
+    assert ak.num(table["PFCand_pt"]).tolist() == table["Jet_nConstituents"].tolist()
 
 
 def test_sv_index_gives_the_vertices_the_jet_names(files, cfg, tmp_path):
@@ -140,25 +164,27 @@ def test_sv_index_gives_the_vertices_the_jet_names(files, cfg, tmp_path):
 
 
 def assert_cone_matches(table, events, prefix, sort_key, names):
-    inside, edge_keys = cone_reference(events, prefix, sort_key)
+    """The table's ``sort_key`` and ``names`` (as the config names them) hold the objects of the
+    file's collection ``prefix`` inside the cone."""
+    inside, edge_keys = cone_reference(events, prefix, in_file(sort_key, prefix))
     n_edge = sum(len(keys) for keys in edge_keys)
     assert n_edge < 5, "too many objects on the cone edge to judge the matching"
-    expected_keys = per_jet(events, sort_key, inside)
+    expected_keys = per_jet(events, in_file(sort_key, prefix), inside)
     for jet, (got, expected, edge) in enumerate(zip(table[sort_key].tolist(), expected_keys, edge_keys)):
         assert [v for v in got if v not in edge] == [v for v in expected if v not in edge], f"jet {jet}"
     if n_edge == 0:
         for name in names:
-            assert table[name].tolist() == per_jet(events, name, inside), name
+            assert table[name].tolist() == per_jet(events, in_file(name, prefix), inside), name
 
 
-def test_dr_matching_picks_exactly_the_candidates_in_the_cone(files, cfg, tmp_path):
+def test_dr_matching_picks_exactly_the_candidates_in_the_cone(files, btv_cfg, tmp_path):
     events = read_events(files["unlinked"])
-    table = jet_table(files["unlinked"], cfg, tmp_path)
-    assert_cone_matches(table, events, "PFCands_", "PFCands_pt", ["PFCands_eta", "PFCands_dz", "PFCands_pdgId"])
+    table = jet_table(files["unlinked"], btv_cfg, tmp_path)
+    assert_cone_matches(table, events, "PFCands_", "PFCand_pt", ["PFCand_eta", "PFCands_dz", "PFCand_pdgId"])
     assert_cone_matches(table, events, "SV_", "SV_dxySig", ["SV_eta", "SV_mass"])
 
     n_candidates = sum(len(e["PFCands_pt"]) for e in events)
-    n_matched = int(ak.sum(ak.num(table["PFCands_pt"])))
+    n_matched = int(ak.sum(ak.num(table["PFCand_pt"])))
     assert 0 < n_matched < n_candidates  # pileup far from every jet is left out
     n_svs = ak.to_numpy(ak.num(table["SV_pt"]))
     assert (n_svs == 0).any() and (n_svs > 0).any()
@@ -170,7 +196,7 @@ def test_a_file_without_sv_index_falls_back_to_dr_matching(files, cfg, tmp_path)
     table = jet_table(files["no_sv_index"], cfg, tmp_path)
     assert_cone_matches(table, events, "SV_", "SV_dxySig", ["SV_eta", "SV_mass"])
     # the PF candidates still come from the association table
-    assert ak.num(table["PFCands_pt"]).tolist() == table["Jet_nConstituents"].tolist()
+    assert ak.num(table["PFCand_pt"]).tolist() == table["Jet_nConstituents"].tolist()
 
 
 def test_chunks_give_the_same_table_as_whole_files(files, cfg, tmp_path):
@@ -194,13 +220,13 @@ def test_chunks_without_jets_give_empty_tables_and_pieces(cfg, tmp_path):
     empty = next(info for info in infos if info["counts"]["read"] == 0)
     cpf = cfg.candidate_groups["cpf"]
     assert empty["arrays"]["cpf"]["shape"] == [0, 25, len(cpf.features) + len(cpf.custom_features)]
-    assert empty["arrays"]["extras"]["shape"] == [0, 3]
+    assert empty["arrays"]["extras"]["shape"] == [0, len(cfg.reference_branches())]
 
 
 def test_required_branches_add_the_matching_axes_but_not_the_optional_links(cfg, tmp_path):
     required = NanoAODProcessor(cfg, tmp_path, {}).required_branches()
-    assert {"Jet_eta", "Jet_phi", "SV_eta", "SV_phi", "PFCands_eta", "PFCands_phi", "SV_dxySig",
-            "PFCands_pt", "PV_npvs", "Jet_btagDeepFlavB"} <= required
+    assert {"Jet_eta", "Jet_phi", "SV_eta", "SV_phi", "PFCand_eta", "PFCand_phi", "SV_dxySig",
+            "PFCand_pt", "PV_npvs", "Jet_btagDeepFlavB", "Jet_btagPNetQvG"} <= required
     assert not required & {"Jet_svIdx1", "Jet_svIdx2", "JetPFCands_jetIdx", "JetPFCands_pFCandsIdx"}
     assert processor_class("NanoAODProcessor") is NanoAODProcessor
 
@@ -224,15 +250,72 @@ def test_a_per_event_list_that_is_no_jet_collection_is_an_error(files, tmp_path)
     assert "linked_ttbar.root" in str(error) and "'JetPFCands_jetIdx' is a list per event" in str(error)
 
 
+def test_event_level_branches_are_carried_per_jet(files, tmp_path):
+    variant = load_config(write_variant(tmp_path, "weights", global_features=["Jet_pt", "Jet_eta", "genWeight"]))
+    events = read_events(files["linked"])
+    table = jet_table(files["linked"], variant, tmp_path)
+    assert table["genWeight"].tolist() == [e["genWeight"] for e in events for _ in e["Jet_pt"]]
+    assert len({e["genWeight"] for e in events}) > 1
+
+
 def test_only_the_groups_the_config_uses_are_attached(files, tmp_path):
     variant = load_config(write_variant(
         tmp_path, "no_candidates", global_features=["Jet_pt", "Jet_eta"], global_custom_features={},
         cpf_candidates=None, n_cpf_candidates=None, cpf_custom_features=None,
-        vtx_features=None, n_vtx_candidates=None, vtx_custom_features=None))
+        vtx_features=None, n_vtx_candidates=None, vtx_custom_features=None, optional_groups=[]))
     proc = NanoAODProcessor(variant, tmp_path / "pieces", {})
-    assert not any(b.startswith(("SV_", "PFCands_")) for b in proc.required_branches())
+    assert not any(b.startswith(("SV_", "PFCands_", "PFCand_")) for b in proc.required_branches())
     table = ak.concatenate(run(files["unlinked"], _JetTables(proc))["tables"])
-    assert not any(f.startswith(("SV_", "PFCands_")) for f in table.fields)
+    assert not any(f.startswith(("SV_", "PFCands_", "PFCand_")) for f in table.fields)
+
+
+# Candidate features every layout with PF candidates has, spelled with either prefix.
+COMMON_CPF = {"cpf_candidates": ["PFCand_pt", "PFCand_pdgId"],
+              "cpf_custom_features": {"cand_deta": "PFCand_eta - Jet_eta"}}
+
+
+def common_variant(tmp_path, prefix):
+    """The shipped config with only candidate features central NanoAOD has, under ``prefix``."""
+    spelled = yaml.safe_load(yaml.safe_dump(COMMON_CPF).replace("PFCand_", prefix))
+    return load_config(write_variant(tmp_path, f"common_{prefix}", global_custom_features={}, **spelled))
+
+
+def test_central_nanoaod_candidates_are_matched_in_the_cone(tmp_path):
+    path = tmp_path / "v15_ttbar.root"
+    write_nanoaod(path, N_EVENTS, seed=14, layout="v15")
+    events = read_events(path)
+    assert "PFCands_pt" not in events[0] and "JetPFCands_jetIdx" not in events[0]
+    table = jet_table(path, common_variant(tmp_path, "PFCand_"), tmp_path)
+    assert_cone_matches(table, events, "PFCand_", "PFCand_pt", ["PFCand_pdgId"])
+    named = [[i for i in (event["Jet_svIdx1"][jet], event["Jet_svIdx2"][jet]) if i >= 0]
+             for event in events for jet in range(len(event["Jet_pt"]))]
+    assert table["SV_mass"].tolist() == per_jet(events, "SV_mass", named)
+
+
+@pytest.mark.parametrize("prefix", ["PFCand_", "PFCands_"])
+def test_either_prefix_names_the_files_candidates(tmp_path, prefix):
+    # the same seed gives the same events in every layout; without the jet table a PFNano file
+    # is matched in the cone like a central one, so both give the same table
+    central, btv = tmp_path / "v15.root", tmp_path / "pfnano.root"
+    write_nanoaod(central, N_EVENTS, seed=15, layout="v15")
+    write_nanoaod(btv, N_EVENTS, seed=15, layout="pfnano", with_association=False)
+    cfg = common_variant(tmp_path, prefix)
+    from_central, from_btv = jet_table(central, cfg, tmp_path), jet_table(btv, cfg, tmp_path)
+    assert f"{prefix}pt" in from_central.fields and from_central.tolist() == from_btv.tolist()
+    assert ak.sum(ak.num(from_central[f"{prefix}pt"])) > 0
+
+
+def test_required_branches_follow_the_files_candidate_prefix(tmp_path):
+    proc = NanoAODProcessor(common_variant(tmp_path, "PFCand_"), tmp_path, {})
+    central = {"Jet_pt", "PFCand_pt", "PFCand_eta"}
+    btv = {"Jet_pt", "PFCands_pt", "PFCands_eta", "PFCands_d0"}
+    assert {"PFCand_pt", "PFCand_pdgId", "PFCand_eta", "PFCand_phi"} <= proc.required_branches(central)
+    for available in (btv, btv | central):  # a file with both: BTV's, with its tracks and jet table
+        required = proc.required_branches(available)
+        assert {"PFCands_pt", "PFCands_pdgId", "PFCands_eta", "PFCands_phi"} <= required
+        assert not any(b.startswith("PFCand_") for b in required)
+    # a file without candidates is checked for the names the config writes
+    assert "PFCand_pdgId" in proc.required_branches({"Jet_pt"}) and "PFCand_pdgId" in proc.required_branches()
 
 
 def flavour_label(hadron, parton):
@@ -247,8 +330,8 @@ def flavour_label(hadron, parton):
     return -1
 
 
-def test_process_writes_a_piece_with_the_documented_shapes(files, cfg, tmp_path):
-    path = files["linked"]
+def test_process_writes_a_piece_with_the_documented_shapes(files, btv_cfg, tmp_path):
+    cfg, path = btv_cfg, files["linked"]
     proc = NanoAODProcessor(cfg, piece_directory=tmp_path, file_processes={str(path): 0})
     output = run(path, proc)
     (name, info), = output["pieces"].items()
@@ -270,18 +353,17 @@ def test_process_writes_a_piece_with_the_documented_shapes(files, cfg, tmp_path)
     assert arrays["vtx"].shape == (n, 4, n_vtx_features) and arrays["mask_vtx"].shape == (n, 4)
     assert arrays["mask_cpf"].dtype == bool
     assert arrays["truth"].shape == (n,) and arrays["kinematics"].shape == (n, 2)
-    assert arrays["extras"].shape == (n, 3)
+    assert arrays["extras"].shape == (n, len(cfg.reference_branches()))
     assert (arrays["process"] == 0).all()
 
     np.testing.assert_array_equal(arrays["truth"],
                                   [flavour_label(e["Jet_hadronFlavour"][j], e["Jet_partonFlavour"][j])
                                    for e, j in kept])
     np.testing.assert_allclose(arrays["kinematics"], [[e["Jet_pt"][j], e["Jet_eta"][j]] for e, j in kept])
-    np.testing.assert_allclose(arrays["extras"], [[e["Jet_btagDeepFlavB"][j], e["Jet_btagDeepFlavCvL"][j],
-                                                   e["Jet_btagDeepFlavCvB"][j]] for e, j in kept])
+    np.testing.assert_allclose(arrays["extras"], [[e[b][j] for b in cfg.reference_branches()] for e, j in kept])
     globals_ = [*cfg.global_features, *cfg.global_custom_features]
     np.testing.assert_array_equal(arrays["global"][:, globals_.index("PV_npvs")], [e["PV_npvs"] for e, _ in kept])
-    np.testing.assert_array_equal(arrays["global"][:, globals_.index("n_sv")],
+    np.testing.assert_array_equal(arrays["mask_vtx"].sum(axis=1),
                                   [sum(i >= 0 for i in (e["Jet_svIdx1"][j], e["Jet_svIdx2"][j])) for e, j in kept])
     np.testing.assert_array_equal(arrays["mask_cpf"].sum(axis=1),
                                   [min(e["Jet_nConstituents"][j], 25) for e, j in kept])
@@ -294,7 +376,7 @@ def test_process_writes_a_piece_with_the_documented_shapes(files, cfg, tmp_path)
         first_ptrel.append(e["PFCands_pt"][first] / e["Jet_pt"][j])
     np.testing.assert_allclose(arrays["cpf"][:, 0, cpf_names.index("cand_ptrel")], first_ptrel, rtol=1e-5)
     # candidates without a track get significance 0, not d0 / -1
-    neutral = arrays["cpf"][..., cpf_names.index("PFCands_charge")] == 0
+    neutral = arrays["cpf"][..., cpf_names.index("cand_charge")] == 0
     d0sig = arrays["cpf"][..., cpf_names.index("cand_d0sig")]
     assert (neutral & arrays["mask_cpf"]).any()
     assert (d0sig[neutral] == 0).all()
@@ -307,8 +389,10 @@ def test_reference_tagger_with_an_unknown_discriminator_is_an_error(tmp_path):
         load_config(path)
 
 
-def test_shipped_config_loads_with_deepjet_references(cfg):
+def test_shipped_config_loads_with_the_references_of_every_layout(cfg):
     assert cfg.processor == "NanoAODProcessor" and cfg.treename == "Events"
-    assert cfg.reference_branches() == ("Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_btagDeepFlavCvB")
-    assert {"BvsAll", "CvsL", "CvsB"} <= set(cfg.discriminators)
+    assert cfg.reference_branches() == ("Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_btagDeepFlavCvB",
+                                        "Jet_btagPNetB", "Jet_btagPNetCvL", "Jet_btagPNetCvB", "Jet_btagPNetQvG")
+    assert {"BvsAll", "CvsL", "CvsB", "QvsG"} <= set(cfg.discriminators)
+    assert cfg.optional_groups == ("cpf", "vtx")
     assert cfg.truth_labels == ("b", "c", "uds", "g") and cfg.reference_flavour == "b"

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,7 @@ class Config:
     global_features: tuple[str, ...]
     global_custom_features: dict[str, str]
     candidate_groups: dict[str, CandidateGroup]
+    optional_groups: tuple[str, ...]
     truths: tuple[TruthRule, ...]
     reference_flavour: str
     classes: dict[str, tuple[str, ...]]
@@ -169,6 +171,16 @@ class Config:
     def __hash__(self) -> int:
         # the generated hash would fail on the dict fields; the content hash identifies a config anyway
         return int(self.hash[:16], 16)
+
+    def without_groups(self, names: Iterable[str]) -> Config:
+        """This config with the candidate groups ``names`` left out, as for inputs that lack them.
+
+        ``raw`` (what the config says, hence its identity) is unchanged; what reads the groups
+        (the processor, the dataset's feature lists) sees them gone.
+        """
+        names = set(names)
+        return dataclasses.replace(self, candidate_groups={name: group for name, group in
+                                                           self.candidate_groups.items() if name not in names})
 
     def branches(self) -> set[str]:
         """Every input branch the features, custom feature expressions and truth rules read."""

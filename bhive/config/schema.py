@@ -21,8 +21,9 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticUndefined
 
 from bhive import expressions
-from bhive.config.values import (EMPTY_IF_NULL, Bool, Cuts, Edges, Expressions, Integer, ModuleName, Name, Names,
-                                 NonEmpty, Number, ProcessName, Text, Truths, fail, suggest, truth_rules)
+from bhive.config.values import (EMPTY_IF_NULL, EMPTY_LIST_IF_NULL, Bool, Cuts, Edges, Expressions, Integer,
+                                 ModuleName, Name, Names, NonEmpty, Number, ProcessName, Text, Truths, fail, suggest,
+                                 truth_rules)
 
 SCHEMA_COMMAND = "python -m bhive.config --schema > configs/schema.json"
 CANDIDATE_GROUPS = ("cpf", "npf", "vtx")
@@ -158,6 +159,7 @@ def _group(what: str) -> tuple[Any, Any, Any]:
 
 _CPF, _NPF, _VTX = _group("charged PF candidates"), _group("neutral PF candidates"), _group("secondary vertices")
 _Count = Optional[Integer(1, "a number of candidates >= 1")]
+_GroupNames = Names("candidate groups", allow_empty=True, item=Text(*CANDIDATE_GROUPS, what="candidate group"))
 _Processes = Annotated[tuple[ProcessConfig, ...], NonEmpty(
     list, "a list of {name, match, cuts} entries", "the list is empty; list at least one process"),
     AfterValidator(_unique_processes)]
@@ -194,6 +196,10 @@ class ConfigFile(Section):
     vtx_features: Optional[Names("vtx feature branches")] = _VTX[0]
     n_vtx_candidates: _Count = _VTX[1]
     vtx_custom_features: Optional[Expressions] = _VTX[2]
+    optional_groups: Annotated[_GroupNames, EMPTY_LIST_IF_NULL] = Field(
+        description="candidate groups (cpf, npf, vtx) that may be missing from the inputs: a group some input "
+                    "file of either split lacks is left out of both splits' datasets (with a warning naming the "
+                    "missing branches); []: a missing branch is an error")
     truths: Truths = Field(description="truth labels: a list of boolean branches [isB, isC, ...], or rules "
                                        "label: [{branch: [values or {'>': x}]}, ...] (a jet needs every listed "
                                        "branch to match one of its values)")
@@ -222,7 +228,7 @@ class ConfigFile(Section):
     dataloader: Name = Field(description="dataloader that feeds the shards to the model (dataloaders/)")
     model: Name = Field(description="model, by class name (models/); --model-name overrides it per run")
     training: TrainingConfig = Field(description="training defaults; task parameters override them per run")
-    plugins: Annotated[Names("plugin modules", allow_empty=True, item=ModuleName), EMPTY_IF_NULL] = Field(
+    plugins: Annotated[Names("plugin modules", allow_empty=True, item=ModuleName), EMPTY_LIST_IF_NULL] = Field(
         description="Python modules (dotted names like my_group.taggers) whose models, dataloaders and "
                     "processors are registered besides the built-in ones")
 
@@ -276,6 +282,10 @@ class ConfigFile(Section):
                 fail("", count_key, kind="missing")
             else:
                 custom[custom_key] = features
+        for index, group in enumerate(self.optional_groups):
+            if getattr(self, GROUP_KEYS[group][0]) is None:
+                fail(f"the {group} group is not configured ('{GROUP_KEYS[group][0]}' is null), so it cannot be "
+                     f"optional; remove it or configure the group", "optional_groups", index)
         known, unknown_means = None, ""  # recorded ntuples: branches are checked on the first files
         if self.simulate is not None:
             # imported here: it pulls in awkward, which a config of recorded ntuples does not need to load

@@ -122,6 +122,7 @@ _AS_LIST = PlainSerializer(list)  # tuples are lists in Config.raw, as in the YA
 Name = Text()
 Bool = Annotated[bool, _check(_bool)]
 EMPTY_IF_NULL = BeforeValidator(lambda value: {} if value is None else value)
+EMPTY_LIST_IF_NULL = BeforeValidator(lambda value: () if value is None else value)
 
 
 def Names(what: str, allow_empty: bool = False, item: Any = str) -> Any:

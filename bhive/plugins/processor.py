@@ -13,6 +13,7 @@ dask), so ``process`` depends only on its chunk and the processor's own settings
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Collection
 from pathlib import Path
 
 import awkward as ak
@@ -71,8 +72,13 @@ class JetProcessor(processor.ProcessorABC):
         same lengths). Further fields are ignored.
         """
 
-    def required_branches(self) -> set[str]:
-        """Input branches that must exist in every file (checked before processing)."""
+    def required_branches(self, available: Collection[str] | None = None) -> set[str]:
+        """Input branches that must exist in every file (checked before processing).
+
+        ``available``: the branches of the file being checked, for a flavour whose branch
+        names differ between files of one format (NanoAOD's PF candidates); None: the names
+        as the config writes them.
+        """
         return self.cfg.branches() | set(self.cfg.reference_branches())
 
     # -- common processing ---------------------------------------------------------------
