@@ -80,7 +80,11 @@ def cluster_jets(
     ``charge_of`` maps an array of PDG ids to their electric charges.
     """
     import fastjet
+    from fastjet import _swig
 
+    # FastJet prints its banner once per process, so every generator worker would interleave
+    # it with the progress bar; the C++ library's switch is only reachable through the bindings
+    _swig.ClusterSequence.set_fastjet_banner_stream(None)
     prt = events.prt
     counts = ak.to_numpy(ak.num(prt.id))
     n_events = len(counts)
