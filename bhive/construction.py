@@ -37,7 +37,7 @@ DATASET_SECTIONS = (
     "global_features", "global_custom_features", "cpf_candidates", "n_cpf_candidates",
     "cpf_custom_features", "npf_candidates", "n_npf_candidates", "npf_custom_features",
     "vtx_features", "n_vtx_candidates", "vtx_custom_features", "optional_groups", "truths", "reference_flavour",
-    "reference_taggers", "processor",
+    "reference_taggers", "processor", "event_weight", "reweighting",
 )
 
 
@@ -149,26 +149,35 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
             f"the selection left zero jets out of {counts['read']} read ({counts['out_of_range']} outside "
             f"bins_pt/bins_eta of {cfg.path.name}, {counts['no_label']} without a truth label, "
             f"{counts['non_finite']} with NaN/inf); check the bins, the truth rules and the inputs")
-    histograms = dataset.summed_histograms(infos, len(labels), len(cfg.bins_pt) - 1, len(cfg.bins_eta) - 1)
+    sums = dataset.summed_bin_sums(infos, len(labels), len(cfg.bins_pt) - 1, len(cfg.bins_eta) - 1)
+    histograms = sums.sum_w
+    settings = reweighting.ReweightingSettings(**dict(cfg.reweighting))
     if histograms_from is not None:
         reference_meta = dataset.load_meta(histograms_from)
         weights = np.asarray(reference_meta["weights"])
-        report_lines = [f"weights taken from {histograms_from}"]
+        report = reweighting.ReweightingReport(labels=reweighting.summaries(sums, weights, labels),
+                                               share_warning=settings.share_warning)
+        report_lines = [f"weights taken from {histograms_from}", *report.lines()[1:]]
     else:
-        weights, report = reweighting.reference_weights(histograms, labels, cfg.reference_flavour)
+        weights, report = reweighting.reference_weights(sums, labels, cfg.reference_flavour, settings,
+                                                        cfg.bins_pt, cfg.bins_eta)
         report_lines = report.lines()
+    warnings = set(report.warnings())
     for line in report_lines:
-        logger.info(line)
+        (logger.warning if line in warnings else logger.info)(line)
 
     shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt, cfg.bins_eta)
     plot_paths = plotting.plot_spectra(histograms, reweighting.reweighted_histograms(histograms, weights),
                                        cfg.bins_pt, cfg.bins_eta, labels, directory / "plots")
+    closure = _closure_spectra(piece_dirs, weights, cfg)
+    plot_paths += plotting.plot_closure(*closure, cfg.bins_pt, cfg.bins_eta, labels, cfg.reference_flavour,
+                                        directory / "plots")
 
     per_file: dict[str, dict] = {}
     for info in infos:
         entry = per_file.setdefault(info["file"], {"file": info["file"], "process": info["process"], "n_jets": 0})
         entry["n_jets"] += info["n_jets"]
-    label_counts = histograms.sum(axis=(1, 2))
+    label_counts = sums.jets.sum(axis=(1, 2))
     meta = {
         "config": cfg.name,
         "split": split,
@@ -190,8 +199,12 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
         "extras": list(cfg.reference_columns()),
         "bins_pt": list(cfg.bins_pt),
         "bins_eta": list(cfg.bins_eta),
-        "histograms": histograms.tolist(),
+        **sums.to_json(),
         "weights": np.asarray(weights).tolist(),
+        "event_weight": cfg.event_weight,
+        "max_abs_event_weight": max((info.get("max_abs_event_weight", 1.0) for info in infos), default=1.0),
+        "reweighting": {"settings": dict(cfg.reweighting), "labels": report.label_table(),
+                        "merged_bins": report.merged_bins, "warnings": sorted(warnings)},
         "weights_from": str(histograms_from) if histograms_from else None,
         "reweighting_report": report_lines,
         "jets_per_label": {label: int(n) for label, n in zip(labels, label_counts)},
@@ -203,6 +216,25 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     }
     dataset.write_meta(directory, meta)
     return meta
+
+
+def _closure_spectra(piece_dirs: Sequence[Path], weights: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted pt and eta spectra per label in bins finer than the weights' (jet weight times
+    event weight), read from the pieces' small per-jet arrays."""
+    from bhive import pieces
+
+    n_labels = len(cfg.truth_labels)
+    total_pt = total_eta = 0.0
+    for piece in piece_dirs:
+        kinematics, truth = pieces.load_array(piece, "kinematics"), pieces.load_array(piece, "truth")
+        weight = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], truth, cfg.bins_pt,
+                                         cfg.bins_eta).astype(np.float64)
+        if cfg.event_weight:
+            weight *= pieces.load_array(piece, dataset.EVENT_WEIGHT)
+        pt_spectra, eta_spectra = reweighting.closure_histograms(kinematics[:, 0], kinematics[:, 1], truth, weight,
+                                                                 cfg.bins_pt, cfg.bins_eta, n_labels)
+        total_pt, total_eta = total_pt + pt_spectra, total_eta + eta_spectra
+    return np.asarray(total_pt), np.asarray(total_eta)
 
 
 def _piece_groups(cfg: Config, infos: Sequence[dict]) -> list[CandidateGroup]:

@@ -5,7 +5,9 @@ Each shard directory holds one ``.npy`` per array, all with the same first dimen
 ``global`` (n, n_global), ``cpf``/``npf``/``vtx`` (n, n_candidates, n_features) with masks
 ``mask_cpf``/... (n, n_candidates), ``truth`` (n,) int16 index into the truth labels,
 ``kinematics`` (n, 2) pt and eta, ``process`` (n,) int16, ``extras`` (n, n_extras)
-reference-tagger scores and ``weight`` (n,) the reweighting weight. Shards are
+reference-tagger scores, ``weight`` (n,) the reweighting weight (>= 0, each label's maximum 1)
+and, where the config names an ``event_weight`` branch, ``mc_weight`` (n,) float32 that
+branch's value for the jet (a generator weight, possibly negative). Shards are
 memory-mappable, so a reader never needs a whole dataset in memory.
 
 Shards are built from pieces in two streaming passes, so memory is bounded by one piece plus
@@ -28,6 +30,7 @@ from bhive.store import atomic_directory, atomic_write_json, file_problem, file_
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
 WEIGHT = "weight"
+EVENT_WEIGHT = "mc_weight"
 _BUCKETS = "buckets"
 # Streams of the seeded random generators: which shard a piece's jets go to, and the order
 # within a shard.
@@ -47,11 +50,12 @@ def total_counts(infos: Sequence[dict]) -> dict[str, int]:
     return {k: int(sum(info["counts"][k] for info in infos)) for k in keys}
 
 
-def summed_histograms(infos: Sequence[dict], n_labels: int, n_pt: int, n_eta: int) -> np.ndarray:
-    counts = np.zeros((n_labels, n_pt, n_eta))
+def summed_bin_sums(infos: Sequence[dict], n_labels: int, n_pt: int, n_eta: int) -> reweighting.BinSums:
+    """The pieces' per-bin jets and event-weight sums, added up."""
+    total = reweighting.BinSums.of_counts(np.zeros((n_labels, n_pt, n_eta)))
     for info in infos:
-        counts += np.asarray(info["histograms"])
-    return counts
+        total = total + reweighting.BinSums.from_json(info)
+    return total
 
 
 def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_size: int,

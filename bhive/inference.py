@@ -14,7 +14,7 @@ from bhive.plugins.dataloader import LoaderSettings, dataloader_class
 from bhive.plugins.model import ModelError, load_model
 from bhive.truth import label_map
 
-ARRAYS = ("scores", "truth", "label", "kinematics", "process", "extras", "weight")
+ARRAYS = ("scores", "truth", "label", "kinematics", "process", "extras", "weight", "mc_weight")
 INFO = "info.json"
 ROOT_FILE = "scores.root"
 
@@ -31,16 +31,19 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
     loader = dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
                                               LoaderSettings(batch_size=batch_size, validation_fraction=0.0))
     scores = np.asarray(model.predict(loader.inference_batches()), dtype=np.float64)
-    columns = {name: [] for name in ("truth", "kinematics", "process", "extras", "weight")}
+    columns = {name: [] for name in ("truth", "kinematics", "process", "extras", "weight", dataset.EVENT_WEIGHT)}
     for shard in meta["shards"]:
         arrays = dataset.open_shard(dataset_dir, shard["name"])
+        # every jet counts once where the dataset has no event weights
+        arrays.setdefault(dataset.EVENT_WEIGHT, np.ones(shard["n_jets"], np.float32))
         for name in columns:
             columns[name].append(np.asarray(arrays[name]))
     out = {name: np.concatenate(parts) for name, parts in columns.items()}
     out["scores"] = scores
     out["label"] = label_map(meta["truth_labels"], cfg.classes)[out["truth"]].astype(np.int16)
     info = {"classes": list(model.classes), "truth_labels": meta["truth_labels"], "processes": meta["processes"],
-            "extras": meta["extras"], "kinematics": meta["kinematics"], "model": str(model_dir),
+            "extras": meta["extras"], "kinematics": meta["kinematics"], "event_weight": meta.get("event_weight"),
+            "model": str(model_dir),
             "dataset": str(dataset_dir), "n_jets": int(len(scores))}
     return {"arrays": out, "info": info}
 
@@ -56,7 +59,7 @@ def write_predictions(directory: Path, predictions: dict) -> None:
             np.save(stream, arrays[name], allow_pickle=False)
     branches = {f"prob_{c}": arrays["scores"][:, i] for i, c in enumerate(info["classes"])}
     branches.update(truth=arrays["truth"].astype(np.int32), label=arrays["label"].astype(np.int32),
-                    process=arrays["process"].astype(np.int32), weight=arrays["weight"])
+                    process=arrays["process"].astype(np.int32), weight=arrays["weight"], mc_weight=arrays["mc_weight"])
     for i, name in enumerate(info["kinematics"]):
         branches[name] = arrays["kinematics"][:, i]
     for i, name in enumerate(info["extras"]):
@@ -78,5 +81,9 @@ def check_predictions(directory: Path, verify: bool = False) -> None:
 
 def read_predictions(directory: Path) -> dict:
     check_predictions(directory)
-    return {"arrays": {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in ARRAYS},
-            "info": read_json(directory / INFO)}
+    info = read_json(directory / INFO)
+    arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in ARRAYS
+              if f"{name}.npy" in info.get("files", {}) or (directory / f"{name}.npy").exists()}
+    if "mc_weight" not in arrays:  # scores written before event weights existed
+        arrays["mc_weight"] = np.ones(len(arrays["truth"]), np.float32)
+    return {"arrays": arrays, "info": info}

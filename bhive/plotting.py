@@ -109,27 +109,69 @@ def plot_spectra(counts_before: np.ndarray, counts_after: np.ndarray, bins_pt: S
         for name, (summed_axis, xlabel, ylabel, log_y) in _AXES.items():
             edges = edges_of[name]
             projections = counts.sum(axis=summed_axis)
-            totals = projections.sum(axis=1, keepdims=True)
-            # a density, so that variable bin widths do not distort the shape
-            density = np.divide(projections, totals * np.diff(edges), out=np.zeros_like(projections),
-                                where=totals > 0)
+            density = _density(projections, edges)
             fig, ax = figure()
             for label, values in zip(labels, density):
                 mplhep.histplot(values, edges, ax=ax, label=label, histtype="step")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            ax.set_xlim(edges[0], edges[-1])
-            if log_y and (density > 0).any():
-                ax.set_yscale("log")
-                # pt bins widen towards the tail; on a linear axis the low-pt bins, where most
-                # jets are, would shrink to slivers
-                if edges[0] > 0:
-                    ax.set_xscale("log")
-                    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-                    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
-                    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            _spectrum_axes(ax, edges, xlabel, ylabel, log_y and (density > 0).any())
             ax.legend(title=f"{when} reweighting")
             data = {"edges": edges, "labels": np.asarray(labels, dtype=str), "counts": projections,
                     "density": density}
             written += save(fig, directory / f"{name}_{when}", data)
+    return written
+
+
+def _density(spectra: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Each row as a density: unit area, so that variable bin widths do not distort the shape."""
+    totals = spectra.sum(axis=1, keepdims=True)
+    return np.divide(spectra, totals * np.diff(edges), out=np.zeros_like(spectra), where=totals > 0)
+
+
+def _spectrum_axes(ax: Axes, edges: np.ndarray, xlabel: str, ylabel: str, log_y: bool) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(edges[0], edges[-1])
+    if log_y:
+        ax.set_yscale("log")
+    # pt bins widen towards the tail; on a linear axis the low-pt bins, where most jets are,
+    # would shrink to slivers
+    if log_y and edges[0] > 0:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def plot_closure(pt_spectra: np.ndarray, eta_spectra: np.ndarray, bins_pt: Sequence[float],
+                 bins_eta: Sequence[float], labels: Sequence[str], reference: str, directory: Path) -> list[Path]:
+    """Weighted pt and eta spectra per label in bins finer than the weights' (from
+    :func:`bhive.reweighting.closure_histograms`), with each label's ratio to the reference label
+    below: ``closure_pt`` and ``closure_eta`` (PNG, PDF, npz with ``edges``, ``labels``,
+    ``spectra``, ``density`` and ``ratio``)."""
+    from bhive.reweighting import closure_edges
+
+    labels = list(labels)
+    written: list[Path] = []
+    for name, spectra, bins in (("pt", pt_spectra, bins_pt), ("eta", eta_spectra, bins_eta)):
+        edges = closure_edges(bins)
+        spectra = np.asarray(spectra, dtype=np.float64)
+        density = _density(spectra, edges)
+        reference_density = density[labels.index(reference)]
+        ratio = np.divide(density, reference_density, out=np.full_like(density, np.nan),
+                          where=reference_density > 0)
+        _, xlabel, ylabel, log_y = _AXES[name]
+        fig, (top, bottom) = figure(nrows=2, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+        for label, values, row in zip(labels, density, ratio):
+            mplhep.histplot(values, edges, ax=top, label=label, histtype="step")
+            mplhep.histplot(np.nan_to_num(row, nan=0.0), edges, ax=bottom, histtype="step")
+        _spectrum_axes(top, edges, "", ylabel, log_y and (density > 0).any())
+        _spectrum_axes(bottom, edges, xlabel, f"ratio to {reference}", False)
+        if log_y and edges[0] > 0:
+            bottom.set_xscale("log")
+        bottom.axhline(1.0, color="grey", linewidth=1)
+        bottom.set_ylim(0.5, 1.5)
+        top.legend(title="after reweighting, finer bins", fontsize="small")
+        data = {"edges": edges, "labels": np.asarray(labels, dtype=str), "spectra": spectra, "density": density,
+                "ratio": ratio}
+        written += save(fig, Path(directory) / f"closure_{name}", data)
     return written

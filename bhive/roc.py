@@ -3,7 +3,8 @@
 Conventions as in CMS tagging plots: the signal efficiency is the fraction of signal jets
 with a discriminator value at or above a threshold, the mis-identification rate the same
 fraction of background jets. Jets with equal values enter or leave together, so ties are
-one point of the curve (as in scikit-learn). Weights, when given, replace counts.
+one point of the curve (as in scikit-learn). Weights, when given, replace counts; they may be
+negative (NLO event weights), so a curve need not be monotonic.
 """
 
 from __future__ import annotations
@@ -68,10 +69,12 @@ class WorkingPoint:
 
 
 def working_point(curve: RocCurve, target_misid: float, name: str = "") -> WorkingPoint:
-    """The loosest threshold whose mis-identification rate does not exceed ``target_misid``."""
+    """The loosest threshold whose mis-identification rate does not exceed ``target_misid``,
+    nor does that of any tighter threshold (with negative weights the mis-id rate can dip
+    while the threshold loosens; such a dip past the target does not count)."""
     if not 0 < target_misid < 1:
         raise ValueError(f"working point {name or target_misid}: the target mis-id must lie in (0, 1)")
-    index = int(np.searchsorted(curve.misid, target_misid, side="right")) - 1
+    index = int(np.searchsorted(np.maximum.accumulate(curve.misid), target_misid, side="right")) - 1
     return WorkingPoint(name=name, target_misid=target_misid, threshold=float(curve.thresholds[index]),
                         efficiency=float(curve.efficiency[index]), misid=float(curve.misid[index]))
 

@@ -3,8 +3,10 @@
 Shards are already shuffled at construction, so an epoch reads contiguous blocks of rows
 (cheap on memory-mapped files), visits the blocks in a new random order each epoch and
 shuffles rows within each block. Stochastic sampling keeps each jet with probability equal
-to its reweighting weight; in ``loss_weight`` mode every jet is kept and the weight goes to
-the loss. Memory is bounded by one block per worker.
+to the magnitude of its training weight (:mod:`bhive.jet_weighting`: reweighting, event and
+class weights) and gives it its sign as loss weight; in ``loss_weight`` mode every jet is kept
+and the training weight goes to the loss. Validation batches carry the training weight.
+Memory is bounded by one block per worker.
 
 The shuffle and the acceptance are drawn per block from the seed, the epoch and the block, and
 the epoch is cut into batches before anything but labels and weights is read: in a training on
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bhive import dataset
+from bhive.dataset import EVENT_WEIGHT
 from dataloaders.base import Batch, DataLoaderPlugin, RankShare, rank_rows
 
 BLOCK_BATCHES = 8  # rows read and shuffled together: BLOCK_BATCHES x batch_size
@@ -80,7 +83,7 @@ class ShardDataLoader(DataLoaderPlugin):
                 for directory, name, start, stop in ranges for begin in range(start, stop, size)]
 
     def _views(self, directory, name, start, stop) -> Batch:
-        """Memory-mapped rows of one block (no copy yet), with labels and weights."""
+        """Memory-mapped rows of one block (no copy yet), with labels and reweighting weights."""
         shard = self._shard(directory, name)
         batch = {key: shard[key][start:stop] for key in self._arrays}
         batch["label"] = self.class_of_label[shard["truth"][start:stop]]
@@ -105,16 +108,32 @@ class ShardDataLoader(DataLoaderPlugin):
         """``rows`` of ``block`` without the jets outside every class."""
         return block, rows[self.class_of_label[self._column(block, "truth")[rows]] >= 0]
 
-    def _read(self, piece: Piece) -> Batch:
+    def _totals(self, block: Block, rows: np.ndarray) -> np.ndarray:
+        """Training weights (:mod:`bhive.jet_weighting`) of ``rows`` of ``block``."""
+        shard = self._shard(*block[:2])
+        event_weight = self._column(block, EVENT_WEIGHT)[rows] if EVENT_WEIGHT in shard else None
+        return self.weighting.totals(self._column(block, "weight")[rows], self._column(block, "truth")[rows],
+                                     event_weight)
+
+    def _loss_weights(self, block: Block, rows: np.ndarray, sampled: bool) -> np.ndarray:
+        """The loss weight of each jet: its training weight, or for a jet kept by stochastic
+        sampling (``sampled``) the sign of it, the magnitude having been its acceptance."""
+        totals = self._totals(block, rows)
+        return (np.sign(totals) if sampled else totals).astype(np.float32)
+
+    def _read(self, piece: Piece, sampled: bool = False) -> Batch:
         """The rows of one piece, one gather per array straight from the memory map."""
         block, rows = piece
         batch = {key: np.asarray(self._column(block, key)[rows]) for key in self._arrays}
         batch["label"] = self.class_of_label[self._column(block, "truth")[rows]]
-        batch["weight"] = np.asarray(self._column(block, "weight")[rows])
+        batch["weight"] = self._loss_weights(block, rows, sampled)
         return batch
 
-    def _gather(self, pieces: list[Piece]) -> Batch:
-        parts = [self._read(piece) for piece in pieces]
+    def _sampled(self) -> bool:
+        return self.settings.sampling == "stochastic"
+
+    def _gather(self, pieces: list[Piece], sampled: bool = False) -> Batch:
+        parts = [self._read(piece, sampled) for piece in pieces]
         if len(parts) == 1:
             return parts[0]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
@@ -150,7 +169,7 @@ class ShardDataLoader(DataLoaderPlugin):
             block = blocks[position]
             rows = rng.permutation(block[3] - block[2])
             if self.settings.sampling == "stochastic":
-                rows = rows[rng.random(len(rows)) < self._column(block, "weight")[rows]]
+                rows = rows[rng.random(len(rows)) < np.abs(self._totals(block, rows))]
             yield self._in_classes(block, rows)
 
     def _validation_pieces(self) -> Iterator[Piece]:
@@ -159,16 +178,17 @@ class ShardDataLoader(DataLoaderPlugin):
 
     def train_batches(self, epoch: int, worker: int = 0, n_workers: int = 1) -> Iterator[Batch]:
         for pieces in self._cut(self._train_pieces(epoch, worker, n_workers)):
-            yield self._gather(pieces)
+            yield self._gather(pieces, self._sampled())
 
     def rank_train_batches(self, epoch: int, rank: int, n_ranks: int, worker: int = 0,
                            n_workers: int = 1) -> Iterator[RankShare]:
         for pieces in self._cut(self._train_pieces(epoch, worker, n_workers)):
             size = sum(len(rows) for _, rows in pieces)
-            # the whole batch's weights: 4 bytes a jet, the loss_weight normaliser
-            weight = sum(float(self._column(block, "weight")[rows].sum(dtype=np.float64)) for block, rows in pieces)
+            # the whole batch's summed |loss weight| (a few bytes a jet): the loss normaliser
+            weight = sum(float(np.abs(self._loss_weights(block, rows, self._sampled())).sum(dtype=np.float64))
+                         for block, rows in pieces)
             rows, _ = rank_rows(size, rank, n_ranks)
-            yield RankShare(self._gather(_take(pieces, rows)), size, weight)
+            yield RankShare(self._gather(_take(pieces, rows), self._sampled()), size, weight)
 
     def validation_batches(self) -> Iterator[Batch]:
         for pieces in self._cut(self._validation_pieces()):

@@ -109,11 +109,13 @@ class GradientBoosting(Model):
         return np.concatenate(features)[:limit], np.concatenate(labels)[:limit], np.concatenate(weights)[:limit]
 
     def fit(self, data, settings, workdir: Path, resume: bool = False) -> list[dict]:
-        # stochastic sampling reweights the training jets in the loader (epoch 0); in loss_weight
-        # mode every jet comes with its weight, which the trees take as sample weights
+        # stochastic sampling applies the training weights as acceptance in the loader (epoch 0)
+        # and leaves their sign; in loss_weight mode every jet comes with its weight: either way
+        # the trees take the loss weights as sample weights
         x, y, w = self._collect(data.train_batches(0), self.hyperparameters["max_jets"])
-        if settings.sampling != "loss_weight":
-            w = np.ones(len(y))
+        if (w < 0).any():
+            raise ModelError("GradientBoosting cannot fit negative sample weights (training.negative_weights: "
+                             "signed); use abs or drop for it")
         hp = self.hyperparameters
         # scikit-learn is imported here, not with the module: every process that only registers
         # the shipped models (training workers, batch jobs) would pay seconds for it

@@ -17,6 +17,8 @@ from tasks.training import TrainingTask
 
 BIASED = ("the test dataset also selected the best epoch of this training (--validation-dataset-version): "
           "these figures are biased towards the model")
+EVENT_WEIGHTED = ("efficiencies, mis-identification rates, ROC curves, AUCs and working points are weighted by the "
+                  "jets' signed event weights ({branch}); the confusion matrix counts jets")
 
 
 class ScoringTask(TestParameters, TrainingParameters, DatasetParameters, DatasetVersionTask):
@@ -212,7 +214,10 @@ class EvaluationTask(_EvaluationTask):
         inputs = self.requires()
         history = read_json(inputs["training"].local_path(training.HISTORY))
         training.plot_history(history, self.local_path("plots"))
-        biased = read_json(inputs["inference"].local_path(inference.INFO)).get("validation_on_test")
+        scored = read_json(inputs["inference"].local_path(inference.INFO))
+        notes = [BIASED] if scored.get("validation_on_test") else []
+        if scored.get("event_weight"):
+            notes.append(EVENT_WEIGHTED.format(branch=scored["event_weight"]))
         summary.write_summary(
             f"{self.model()} on {self.config_name} (version {self.version})", self.config_name, self.model(),
             read_json(inputs["roc"].local_path(curves.AUCS)),
@@ -220,4 +225,4 @@ class EvaluationTask(_EvaluationTask):
             read_json(inputs["working_points"].local_path("charm_working_points.json")),
             read_json(inputs["comparison"].local_path("comparison.json")),
             read_json(inputs["scores"].local_path("confusion.json")), history, self.local_path(),
-            notes=[BIASED] if biased else [])
+            notes=notes)

@@ -157,11 +157,11 @@ def test_hlt_ak4_shape() -> None:
     assert config.bins_pt[0] == 30.0 and config.bins_pt[-1] == 2000.0
     assert config.bins_eta == (-2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
     assert config.pt_key == "jet_pt" and config.eta_key == "jet_eta"
-    # hlt_ak4 overrides one training default (the epochs) and keeps the others
+    # hlt_ak4 overrides two training defaults (epochs, class_weights) and keeps the others
     assert config.training == TrainingConfig(
         epochs=6, batch_size=1024, learning_rate=1e-3, weight_decay=1e-2, optimizer="adamw",
         scheduler="cosine", warmup_epochs=1, gradient_clip=5.0, patience=5, sampling="stochastic",
-        validation_fraction=0.1,
+        validation_fraction=0.1, class_weights="balanced", negative_weights="abs",
     )
     assert {"pfcand_trackSip3dSig", "sv_enratio", "isB", "npv"} <= config.branches()
     # the jet-relative coordinates are custom features that read pfcand_phi and jet_phi
@@ -347,8 +347,11 @@ def test_raw_and_hashes_are_those_of_before(config_dir: Path) -> None:
     assert config.raw["processes"][0]["cuts"] == {"pt": [30.0, float("inf")], "abs_eta": [0.0, 2.5]}
     assert config.raw["truths"]["c"] == [{"isC": [True, {">=": 1}]}]
     # keys added after this hash was pinned, each at its default
-    sections = set(config.raw) - {"plugins", "working_points_on", "charm_working_points", "optional_groups"}
+    sections = set(config.raw) - {"plugins", "working_points_on", "charm_working_points", "optional_groups",
+                                  "reweighting"}
     assert sections == set(yaml.safe_load(EVERY_KEY)) | {"cpf_custom_features"}
+    # and training keys added since, at their defaults
+    assert {config.raw["training"].pop(key) for key in ("class_weights", "negative_weights")} == {"none", "abs"}
     assert config.section_hash(*sections) == "e76389f96ea8bdf117fb7f30c3488b2c94144c8a90a8ac30d766070e570ded40"
 
 

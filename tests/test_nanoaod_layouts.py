@@ -116,7 +116,7 @@ def expected_jets(paths, cfg, process_of):
                     continue
                 row = {"truth": truth, "process": process_of(path),
                        "global": [pt, eta, event["Jet_mass"][jet], event["Jet_nConstituents"][jet], event["PV_npvs"]],
-                       "extras": [event[branch][jet] for branch in references]}
+                       "extras": [event[branch][jet] for branch in references], "mc_weight": event["genWeight"]}
                 if prefix is not None:
                     row["cpf"] = [candidate_row(event, prefix, c, pt, eta, phi)
                                   for c in jet_candidates(event, jet, prefix)]
@@ -135,6 +135,14 @@ def assert_dataset_is(meta, arrays, expected, groups):
     np.testing.assert_array_equal(arrays["process"], [row["process"] for row in rows])
     np.testing.assert_allclose(arrays["global"], [row["global"] for row in rows], rtol=1e-6)
     np.testing.assert_allclose(arrays["extras"], [row["extras"] for row in rows], rtol=1e-6)
+    # the event's generator weight on each of its jets, summed per label and bin for the reweighting
+    np.testing.assert_allclose(arrays["mc_weight"], [row["mc_weight"] for row in rows], rtol=1e-6)
+    assert (arrays["mc_weight"] < 0).any() and meta["event_weight"] == "genWeight"
+    for index in range(len(meta["truth_labels"])):
+        chosen = arrays["truth"] == index
+        by_hand, _, _ = np.histogram2d(arrays["kinematics"][chosen, 0], arrays["kinematics"][chosen, 1],
+                                       bins=[meta["bins_pt"], meta["bins_eta"]], weights=arrays["mc_weight"][chosen])
+        np.testing.assert_allclose(meta["histograms"][index], by_hand, rtol=1e-5)
     for group in groups:
         names, size = meta["features"][group], meta["n_candidates"][group]
         assert set(names) == set(next(row[group][0] for row in rows if row[group]))  # every feature is checked

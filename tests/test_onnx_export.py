@@ -44,6 +44,8 @@ SMALL_BATCH_JETS = 448
 def small_variant(name: str, samples_dir) -> dict:
     """The shipped config ``name`` with a small sample and otherwise unchanged."""
     raw = yaml.safe_load((CONFIG_DIR / f"{name}.yml").read_text())
+    # a few hundred jets hold only a handful of the rarer labels (offline_ak4's bb, lepb)
+    raw["reweighting"] = {**raw.get("reweighting", {}), "min_count": 0}
     if "simulate" in raw:
         raw["simulate"]["jets_per_file"] = SIMULATED_JETS
         for process in raw["simulate"]["processes"].values():

@@ -137,23 +137,23 @@ def test_empty_bin_rules_on_a_hand_made_histogram() -> None:
     # ratio = (ref/4)/(other/3) = 1.5 and 0.75 where both are populated, 0 where the reference is empty
     np.testing.assert_allclose(weights[1], [[1.0, 0.0], [0.0, 0.5]])
     assert report.empty_reference_bins == {"other": 3}
-    assert report.lines() == ["reweighting: 3 jet(s) of label 'other' lie in pt/eta bins without "
-                              "reference jets and get weight 0"]
+    assert report.lines()[0] == ("reweighting: 3 jet(s) of label 'other' lie in pt/eta bins without "
+                                 "reference jets and get weight 0")
 
 
 def test_report_without_losses() -> None:
     counts = np.ones((2, 3, 2))
     weights, report = reference_weights(counts, ["a", "b"], "a")
     np.testing.assert_array_equal(weights, 1.0)
-    assert report == ReweightingReport({})
-    assert len(report.lines()) == 1 and "every jet" in report.lines()[0]
+    assert report.empty_reference_bins == {} and report.nonpositive_bins == {} and not report.warnings()
+    assert "every jet" in report.lines()[0] and len(report.lines()) == 1 + len(report.labels)
 
 
 def test_label_without_jets_is_an_error() -> None:
     counts = np.ones((3, 2, 2))
     counts[1] = 0
     with pytest.raises(EmptyClassError, match=r"weights undefined: no jets with truth label 'c' passed the "
-                                               r"selection; remove the label or add inputs that contain it"):
+                                               r"selection .*; remove the label or add inputs that contain it"):
         reference_weights(counts, ["b", "c", "l"], "b")
 
 

@@ -34,13 +34,13 @@ from pydantic import ValidationError
 from bhive import expressions
 from bhive.config.files import ConfigError, Sources, read_yaml
 from bhive.config.schema import (CANDIDATE_GROUPS, GROUP_KEYS, SCHEMA_COMMAND, ConfigFile, Discriminator, ProcessConfig,
-                                 SamplesConfig, TrainingConfig, schema_json)
+                                 ReweightingConfig, SamplesConfig, TrainingConfig, schema_json)
 from bhive.config.values import CUT_KEYS, TRUTH_OPERATORS, TruthCondition, TruthRule, truth_rules
 
 __all__ = [
     "CANDIDATE_GROUPS", "CONFIG_DIR", "CUT_KEYS", "SCHEMA_COMMAND", "TRUTH_OPERATORS", "CandidateGroup", "Config",
     "ConfigError", "ConfigFile", "Discriminator", "ProcessConfig", "SamplesConfig", "SimulateConfig",
-    "SimulatedProcess", "TrainingConfig", "TruthCondition", "TruthRule", "available_configs", "load_config",
+    "ReweightingConfig", "SimulatedProcess", "TrainingConfig", "TruthCondition", "TruthRule", "available_configs", "load_config",
     "schema_json",
 ]
 
@@ -121,6 +121,8 @@ class Config:
     global_custom_features: dict[str, str]
     candidate_groups: dict[str, CandidateGroup]
     optional_groups: tuple[str, ...]
+    event_weight: str | None
+    reweighting: ReweightingConfig
     truths: tuple[TruthRule, ...]
     reference_flavour: str
     classes: dict[str, tuple[str, ...]]
@@ -193,6 +195,8 @@ class Config:
             names.update(expressions.branches(expression))
         for rule in self.truths:
             names.update(condition.branch for condition in rule.conditions)
+        if self.event_weight:
+            names.add(self.event_weight)
         return names
 
 

@@ -148,6 +148,30 @@ class TrainingConfig(Section):
                     "loss_weight (weight each jet's loss)")
     validation_fraction: Number("a fraction 0 <= f < 1", ge=0, lt=1) = Field(
         description="fraction of the training set held out for validation")
+    class_weights: Union[Text("none", "balanced", what="class_weights"),
+                         Annotated[dict[Name, Number("a class weight > 0", gt=0)], NonEmpty(
+                             dict, "none, balanced or a mapping class -> weight",
+                             "empty mapping; give class: weight pairs, or none")]] = Field(
+        description="class balance on top of the reweighting, in stochastic sampling (acceptance) and in the "
+                    "loss (loss_weight): none | balanced (every output class the same summed weight) | "
+                    "{class: factor}")
+    negative_weights: Text("drop", "abs", "signed", what="negative_weights") = Field(
+        description="jets with a negative event weight (event_weight): drop (weight 0) | abs (|w|) | signed "
+                    "(sampled by |w|, the sign in the loss; may converge slower)")
+
+
+class ReweightingConfig(Section):
+    """How the pT x eta weights are derived and checked."""
+
+    min_count: Number("a number >= 0", ge=0) = Field(
+        description="effective jets (sum w)^2/sum w^2 a label needs in every pT x eta bin where it has jets; "
+                    "fewer is an error naming the bins, unless merge_sparse; 0: no check")
+    merge_sparse: Bool = Field(description="merge bins below min_count with neighbouring bins (pT first) "
+                                           "instead of failing")
+    max_weight: Optional[Number("a number > 1", gt=1)] = Field(
+        description="cap on a jet's weight as a multiple of its label's mean weight; null: no cap")
+    share_warning: Number("a number >= 1", ge=1) = Field(
+        description="warn when a label carries more than this multiple of 1/n_labels of the summed weight")
 
 
 def _group(what: str) -> tuple[Any, Any, Any]:
@@ -200,6 +224,11 @@ class ConfigFile(Section):
         description="candidate groups (cpf, npf, vtx) that may be missing from the inputs: a group some input "
                     "file of either split lacks is left out of both splits' datasets (with a warning naming the "
                     "missing branches); []: a missing branch is an error")
+    event_weight: Optional[Name] = Field(
+        description="branch with each event's (or jet's) generator weight, e.g. genWeight; it may be negative "
+                    "(NLO). Used in the reweighting histograms, training (training.negative_weights) and the "
+                    "evaluation; null: every jet weighs 1")
+    reweighting: ReweightingConfig = Field(description="checks and options of the pT x eta reweighting")
     truths: Truths = Field(description="truth labels: a list of boolean branches [isB, isC, ...], or rules "
                                        "label: [{branch: [values or {'>': x}]}, ...] (a jet needs every listed "
                                        "branch to match one of its values)")
@@ -321,6 +350,11 @@ class ConfigFile(Section):
                     fail(f"truth label {label!r} is already in class {owner[label]!r}; a label belongs to one class",
                          "classes", name, index)
                 owner[label] = name
+        if isinstance(self.training.class_weights, dict):
+            for name in self.training.class_weights:
+                if name not in classes:
+                    fail(f"unknown class {name!r}{suggest(name, tuple(classes), 'Classes')}", "training",
+                         "class_weights", name)
         for name, spec in self.discriminators.items():
             for side in ("signal", "background"):
                 for index, member in enumerate(getattr(spec, side)):

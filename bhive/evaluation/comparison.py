@@ -10,7 +10,7 @@ import numpy as np
 from bhive import plotting  # noqa: I001  (sets the non-interactive backend before pyplot)
 import matplotlib.pyplot as plt
 import mplhep
-from bhive.evaluation.scores import discriminator_values, discriminators_for
+from bhive.evaluation.scores import discriminator_values, discriminators_for, event_weights, taken
 from bhive.roc import RocCurve, roc_curve
 from bhive.store import atomic_write_json
 
@@ -57,12 +57,14 @@ def write_comparison(entries: Mapping[str, Mapping], configured: Mapping, direct
         for label, predictions in entries.items():
             values, is_signal, used = discriminator_values(predictions["arrays"], predictions["info"], signal,
                                                            background)
-            curves[label] = roc_curve(values[used], is_signal[used], what=f"{name} of {label}")
+            weights = taken(event_weights(predictions["arrays"], predictions["info"]), used)
+            curves[label] = roc_curve(values[used], is_signal[used], weights, what=f"{name} of {label}")
         for column, reference in enumerate(info["extras"]):
             tagger, _, reference_name = reference.partition("/")
             if reference_name == name:
                 _, is_signal, used = discriminator_values(arrays, info, signal, background)
                 curves[f"{tagger} (reference)"] = roc_curve(arrays["extras"][used, column], is_signal[used],
+                                                            taken(event_weights(arrays, info), used),
                                                             what=f"{name} of {tagger}")
         if len(curves) > 1:
             plot_comparison(curves, name, signal, background, directory / "roc" / name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bhive import plotting
-from bhive.evaluation.scores import discriminator_values, discriminators_for, selections
+from bhive.evaluation.scores import discriminator_values, discriminators_for, event_weights, selections, taken
 from bhive.roc import CurveError, RocCurve, roc_curve
 from bhive.store import atomic_write_json
 
@@ -18,13 +18,15 @@ AUCS = "aucs.json"
 def roc_curves(arrays, info, discriminators, masks) -> tuple[dict, list[str]]:
     """{discriminator: {selection: RocCurve}} and notes on curves that are undefined."""
     curves, notes = {}, []
+    weights = event_weights(arrays, info)
     for name, (signal, background) in discriminators.items():
         values, is_signal, used = discriminator_values(arrays, info, signal, background)
         curves[name] = {}
         for selection, mask in masks.items():
             chosen = mask & used
             try:
-                curves[name][selection] = roc_curve(values[chosen], is_signal[chosen], what=f"{name} ({selection})")
+                curves[name][selection] = roc_curve(values[chosen], is_signal[chosen], taken(weights, chosen),
+                                                    what=f"{name} ({selection})")
             except CurveError as error:
                 notes.append(str(error))
     return curves, notes

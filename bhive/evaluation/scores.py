@@ -43,6 +43,16 @@ def selections(arrays: Mapping[str, np.ndarray], info: Mapping, processes: Seque
     return masks
 
 
+def event_weights(arrays, info) -> np.ndarray | None:
+    """The jets' signed event weights where the dataset has them (its config names an
+    ``event_weight`` branch), else None: every jet counts once."""
+    return np.asarray(arrays["mc_weight"], dtype=np.float64) if info.get("event_weight") else None
+
+
+def taken(weights: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    return None if weights is None else weights[mask]
+
+
 def discriminator_values(arrays, info, signal, background):
     """(values, is_signal, in_either) for one discriminator; jets of other classes are left out."""
     classes = info["classes"]

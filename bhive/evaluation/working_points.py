@@ -8,7 +8,9 @@
   (CvsL and CvsB): of the pairs whose mis-identification rates meet both targets, the one with
   the highest signal efficiency, found by a scan on a 2-D grid of thresholds.
 
-Efficiencies carry 68% Clopper-Pearson intervals (:func:`bhive.roc.binned_efficiency`).
+Efficiencies carry 68% Clopper-Pearson intervals (:func:`bhive.roc.binned_efficiency`). Where
+the dataset has event weights, every rate is a ratio of summed signed weights and the
+intervals use the effective counts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bhive import plotting
-from bhive.evaluation.scores import discriminator_values, discriminators_for, selections
+from bhive.evaluation.scores import discriminator_values, discriminators_for, event_weights, selections, taken
 from bhive.roc import binned_efficiency, roc_curve, working_point
 from bhive.store import atomic_write, atomic_write_json
 
@@ -37,7 +39,7 @@ TABLE_COLUMNS = ("discriminator", "derived_on", "working_point", "target_misid",
 
 
 def _plot_efficiency_maps(kinematics: np.ndarray, passed: np.ndarray, groups: Mapping[str, np.ndarray],
-                          bins_pt, bins_eta, title: str, stem: Path) -> dict:
+                          bins_pt, bins_eta, title: str, stem: Path, weights: np.ndarray | None = None) -> dict:
     """Fraction passing vs pt and eta for each group of jets (label -> mask), with intervals;
     returns the values for the tables."""
     values = {}
@@ -47,7 +49,8 @@ def _plot_efficiency_maps(kinematics: np.ndarray, passed: np.ndarray, groups: Ma
         half = 0.5 * np.diff(np.asarray(edges, dtype=float))
         data = {"edges": np.asarray(edges)}
         for index, (label, mask) in enumerate(groups.items()):
-            fraction, low, high = binned_efficiency(passed[mask], kinematics[mask, column], edges)
+            fraction, low, high = binned_efficiency(passed[mask], kinematics[mask, column], edges,
+                                                    taken(weights, mask))
             ax.errorbar(centres, fraction, xerr=half, yerr=np.array([fraction - low, high - fraction]),
                         fmt="os^v"[index % 4], label=label)
             data[f"{index}_fraction"], data[f"{index}_low"], data[f"{index}_high"] = fraction, low, high
@@ -70,7 +73,8 @@ def working_point_table(arrays, info, name, signal, background, bins_pt, bins_et
     ``selection``), with efficiency and mis-id vs pt and eta on them (plots + arrays)."""
     values, is_signal, used = discriminator_values(arrays, info, signal, background)
     used = used if mask is None else used & mask
-    curve = roc_curve(values[used], is_signal[used], what=f"{name} ({selection})")
+    weights = event_weights(arrays, info)
+    curve = roc_curve(values[used], is_signal[used], taken(weights, used), what=f"{name} ({selection})")
     rows = []
     for wp_name, target in targets.items():
         point = working_point(curve, target, wp_name)
@@ -80,17 +84,20 @@ def working_point_table(arrays, info, name, signal, background, bins_pt, bins_et
             arrays["kinematics"], values >= point.threshold,
             {"efficiency": used & is_signal, "misid": used & ~is_signal}, bins_pt, bins_eta,
             f"{name} {wp_name} on {selection} (threshold {point.threshold:.3f})",
-            directory / f"{name}_{selection}_{wp_name}")
+            directory / f"{name}_{selection}_{wp_name}", weights)
         rows.append({**row, **maps})
     return rows
 
 
 def pair_working_point(values: Sequence[np.ndarray], is_signal: np.ndarray, is_background: Sequence[np.ndarray],
-                       targets: Sequence[float], grid_points: int = GRID_POINTS) -> dict:
+                       targets: Sequence[float], grid_points: int = GRID_POINTS,
+                       weights: np.ndarray | None = None) -> dict:
     """Thresholds (t_0, t_1) on two discriminators: a jet passes when both values reach their
     threshold; of the pairs on the grid whose mis-identification rates (background ``i`` of
     discriminator ``i``) do not exceed ``targets[i]``, the one with the highest signal
-    efficiency. The grid holds, per axis, the quantiles of the signal jets' values."""
+    efficiency. The grid holds, per axis, the quantiles of the signal jets' values. ``weights``:
+    the jets' (signed) event weights, which then replace counts."""
+    weights = np.ones(len(is_signal)) if weights is None else np.asarray(weights, dtype=np.float64)
     grids = []
     for axis in values:
         quantiles = np.quantile(axis[is_signal], np.linspace(0.0, 1.0, grid_points)) if is_signal.any() else []
@@ -102,11 +109,15 @@ def pair_working_point(values: Sequence[np.ndarray], is_signal: np.ndarray, is_b
     def passing(mask: np.ndarray) -> np.ndarray:
         """Jets of ``mask`` passing each threshold pair: counts at or above (i, j) on the grid."""
         counts = np.zeros(shape)
-        np.add.at(counts, (ranks[0][mask], ranks[1][mask]), 1.0)
+        np.add.at(counts, (ranks[0][mask], ranks[1][mask]), weights[mask])
         return counts[::-1, ::-1].cumsum(axis=0).cumsum(axis=1)[::-1, ::-1]
 
-    efficiency = passing(is_signal) / max(is_signal.sum(), 1)
-    misids = [passing(mask) / max(mask.sum(), 1) for mask in is_background]
+    def total(mask: np.ndarray) -> float:
+        summed = float(weights[mask].sum())
+        return summed if summed > 0 else 1.0
+
+    efficiency = passing(is_signal) / total(is_signal)
+    misids = [passing(mask) / total(mask) for mask in is_background]
     allowed = np.logical_and.reduce([misid <= target for misid, target in zip(misids, targets)])
     if not allowed.any():
         raise ValueError("no pair of thresholds meets both mis-identification targets")
@@ -125,14 +136,15 @@ def charm_working_points(arrays, info, discriminators: Mapping, configured: Mapp
         is_signal = sides[0][1] & sides[1][1]
         is_background = [used & ~signal for _, signal, used in sides]
         chosen = np.ones(len(is_signal), bool) if mask is None else mask
+        weights = event_weights(arrays, info)
         point = pair_working_point([v for v, _, _ in sides], is_signal & chosen,
-                                   [b & chosen for b in is_background], [targets[n] for n in names])
+                                   [b & chosen for b in is_background], [targets[n] for n in names], weights=weights)
         passed = (sides[0][0] >= point["thresholds"][0]) & (sides[1][0] >= point["thresholds"][1])
         groups = {"efficiency": is_signal & chosen,
                   **{f"misid_{n}": b & chosen for n, b in zip(names, is_background)}}
         maps = _plot_efficiency_maps(arrays["kinematics"], passed, groups, bins_pt, bins_eta,
                                      f"{'+'.join(names)} {wp_name} on {selection}",
-                                     directory / f"{'_'.join(names)}_{selection}_{wp_name}")
+                                     directory / f"{'_'.join(names)}_{selection}_{wp_name}", weights)
         rows.append({"discriminators": names, "derived_on": selection, "working_point": wp_name,
                      "target_misids": [targets[n] for n in names], "thresholds": point["thresholds"],
                      "efficiency": point["efficiency"], "misids": point["misids"], **maps})

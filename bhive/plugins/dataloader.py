@@ -2,7 +2,9 @@
 
 A dataloader turns a dataset directory (shards + ``meta.json``) into the batches a model
 consumes: dicts of numpy arrays with one entry per used group (``global``, ``cpf``, ...),
-``mask_<group>`` for candidate groups, ``label`` (output-class index) and ``weight``.
+``mask_<group>`` for candidate groups, ``label`` (output-class index) and ``weight``, the
+jet's loss weight (:mod:`bhive.jet_weighting` says how it follows from the reweighting, the
+event weight and the class weights; ``self.weighting`` computes it).
 Subclasses register by class name; ``dataloader:`` in the config picks one.
 """
 
@@ -17,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bhive import dataset
+from bhive import dataset, jet_weighting
 from bhive.plugins.registry import Registry
 from bhive.truth import label_map
 
@@ -55,6 +57,8 @@ class LoaderSettings:
     seed: int = 42
     validation_fraction: float = 0.1
     sampling: str = "stochastic"     # stochastic: keep a jet with probability = weight; loss_weight: keep all
+    class_weights: str | Mapping[str, float] = "none"   # none | balanced | {class: factor}
+    negative_weights: str = "abs"    # drop | abs | signed: jets with a negative event weight
 
 
 class DataLoaderPlugin(ABC):
@@ -89,6 +93,8 @@ class DataLoaderPlugin(ABC):
         self.validation_directory = Path(validation_directory) if validation_directory else None
         if self.meta["n_jets"] == 0:
             raise ValueError(f"the dataset {self.directory} is empty: there is nothing to train on")
+        self.weighting = jet_weighting.weighting(self.meta, self.class_of_label, list(classes),
+                                                 settings.class_weights, settings.negative_weights)
 
     @abstractmethod
     def train_batches(self, epoch: int, worker: int = 0, n_workers: int = 1) -> Iterator[Batch]:
@@ -110,7 +116,7 @@ class DataLoaderPlugin(ABC):
             size = len(batch["label"])
             rows, _ = rank_rows(size, rank, n_ranks)
             yield RankShare({key: values[rows] for key, values in batch.items()}, size,
-                            float(np.sum(batch["weight"], dtype=np.float64)))
+                            float(np.abs(batch["weight"]).sum(dtype=np.float64)))
 
     def rank_validation_batches(self, rank: int, n_ranks: int) -> Iterator[Batch]:
         """Batches ``rank``, ``rank + n_ranks``, ... of ``validation_batches()``: process
@@ -136,13 +142,9 @@ class DataLoaderPlugin(ABC):
         learning-rate schedule and the ETA."""
 
     def mean_acceptance(self) -> float:
-        """Average reweighting weight of the jets in output classes (the stochastic acceptance);
-        the loop scales the steps per epoch by it."""
-        counts = np.asarray(self.meta["histograms"])
-        weights = np.asarray(self.meta["weights"])
-        used = self.class_of_label >= 0
-        total = counts[used].sum()
-        return float((counts[used] * weights[used]).sum() / total) if total > 0 else 1.0
+        """Average stochastic acceptance of the jets in output classes (the magnitude of their
+        training weight); the loop scales the steps per epoch by it."""
+        return jet_weighting.mean_acceptance(self.meta, self.class_of_label, self.weighting)
 
 
 def dataloader_class(name: str) -> type[DataLoaderPlugin]:

@@ -95,6 +95,8 @@ class TrainingSettings:
     gradient_clip: float = 5.0
     patience: int = 5
     sampling: str = "stochastic"
+    class_weights: str | dict[str, float] = "none"
+    negative_weights: str = "abs"
     device: str = "auto"
     precision: str = "fp32"          # fp32 | bf16 | fp16 (mixed precision)
     compile: bool = False

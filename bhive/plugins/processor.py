@@ -21,6 +21,7 @@ import numpy as np
 from coffea import processor
 
 from bhive import expressions, inputs, pieces, reweighting
+from bhive.dataset import EVENT_WEIGHT
 from bhive.config import Config
 from bhive.plugins.registry import Registry
 from bhive.truth import truth_index
@@ -137,17 +138,19 @@ class JetProcessor(processor.ProcessorABC):
         reference_branches = cfg.reference_branches()
         arrays["extras"] = np.stack([_scalar(columns, b, source)[selected] for b in reference_branches], axis=1) \
             .astype(np.float32) if reference_branches else np.zeros((int(selected.sum()), 0), np.float32)
+        if cfg.event_weight:
+            arrays[EVENT_WEIGHT] = _scalar(columns, cfg.event_weight, source)[selected].astype(np.float32)
 
         finite = np.ones(len(arrays["truth"]), dtype=bool)
-        for key in ("global", "cpf", "npf", "vtx", "kinematics"):
+        for key in ("global", "cpf", "npf", "vtx", "kinematics", EVENT_WEIGHT):
             if key in arrays:
                 values = arrays[key]
                 finite &= np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
         if not finite.all():
             arrays = {k: v[finite] for k, v in arrays.items()}
 
-        counts = reweighting.histograms(arrays["kinematics"][:, 0], arrays["kinematics"][:, 1], arrays["truth"],
-                                        cfg.bins_pt, cfg.bins_eta, len(cfg.truth_labels))
+        sums = reweighting.bin_sums(arrays["kinematics"][:, 0], arrays["kinematics"][:, 1], arrays["truth"],
+                                    cfg.bins_pt, cfg.bins_eta, len(cfg.truth_labels), arrays.get(EVENT_WEIGHT))
         info = {
             "process": int(self.file_processes.get(source, -1)),
             "n_jets": int(len(arrays["truth"])),
@@ -158,7 +161,8 @@ class JetProcessor(processor.ProcessorABC):
                 "non_finite": int((~finite).sum()),
                 "kept": int(len(arrays["truth"])),
             },
-            "histograms": counts.tolist(),
+            **sums.to_json(),
+            "max_abs_event_weight": float(np.abs(arrays[EVENT_WEIGHT]).max(initial=0.0)) if cfg.event_weight else 1.0,
         }
         return arrays, info
 

@@ -36,7 +36,9 @@ def training_settings(cfg: Config, **overrides) -> TrainingSettings:
     """The config's training block with per-run overrides (None means: keep the config's)."""
     base = TrainingSettings(**{k: getattr(cfg.training, k) for k in (
         "epochs", "batch_size", "learning_rate", "weight_decay", "optimizer", "scheduler", "warmup_epochs",
-        "gradient_clip", "patience", "sampling")})
+        "gradient_clip", "patience", "sampling", "negative_weights")},
+                            class_weights=cfg.training.class_weights if isinstance(cfg.training.class_weights, str)
+                            else dict(cfg.training.class_weights))
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -68,7 +70,8 @@ def loader(cfg: Config, model: Model, dataset_dir: Path, settings: TrainingSetti
            validation_dir: Path | None = None):
     loader_settings = LoaderSettings(batch_size=settings.batch_size, seed=settings.seed,
                                      validation_fraction=cfg.training.validation_fraction,
-                                     sampling=settings.sampling)
+                                     sampling=settings.sampling, class_weights=settings.class_weights,
+                                     negative_weights=settings.negative_weights)
     return dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
                                             loader_settings, validation_directory=validation_dir)
 

@@ -122,20 +122,17 @@ def training_batches(data, epoch: int, workers: int, pin_memory: bool,
     yield from loader
 
 
-def _loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], weighted: bool,
-          share: RankShare | None = None, own: int = 0, n_ranks: int = 1) -> torch.Tensor:
-    """The batch's mean (or weighted mean) loss; for the share of one of ``n_ranks`` processes,
+def _loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], share: RankShare | None = None, own: int = 0,
+          n_ranks: int = 1) -> torch.Tensor:
+    """The batch's loss, weighted by the jets' loss weights and normalised by their summed
+    magnitude (a mean where every weight is 1); for the share of one of ``n_ranks`` processes,
     its part of the whole batch's, times ``n_ranks``: DDP averages the gradients."""
     per_jet = nn.functional.cross_entropy(logits.float(), batch["label"], reduction="none")
+    weight = batch["weight"]
     if share is None:
-        if weighted:
-            weight = batch["weight"]
-            return (per_jet * weight).sum() / weight.sum().clamp_min(1e-12)
-        return per_jet.mean()
+        return (per_jet * weight).sum() / weight.abs().sum().clamp_min(1e-12)
     # a stand-in row (own == 0) keeps the process in step and adds nothing
-    if weighted:
-        return (per_jet[:own] * batch["weight"][:own]).sum() * (n_ranks / max(share.weight, 1e-12))
-    return per_jet[:own].sum() * (n_ranks / share.size)
+    return (per_jet[:own] * weight[:own]).sum() * (n_ranks / max(share.weight, 1e-12))
 
 
 def _format_seconds(seconds: float) -> str:
@@ -275,7 +272,6 @@ def _train_epoch(run: _Training, data, epoch: int, skip: int, sums: EpochSums, s
     """One epoch's training steps from step ``skip`` on, added to ``sums``; raises
     TrainingInterrupted (after a checkpoint) when a stop is asked for."""
     settings, where, device, model = run.settings, run.where, run.device, run.model
-    weighted = settings.sampling == "loss_weight"
     model.train()
     started = time.perf_counter()
     batches = training_batches(data, epoch, settings.loader_workers, device.type == "cuda", where)
@@ -292,7 +288,7 @@ def _train_epoch(run: _Training, data, epoch: int, skip: int, sums: EpochSums, s
                 run.global_batch.start, run.global_batch.size = rows.start, share.size
         with autocast(device, settings.precision):
             logits = run.forward(model.standardise(batch))
-        loss = _loss(logits, batch, weighted, share, own, where.size)
+        loss = _loss(logits, batch, share, own, where.size)
         if share is None and not torch.isfinite(loss):
             raise TrainingError(f"the loss became {loss.item()} in epoch {epoch + 1}, batch {index}: lower the "
                                 f"learning rate, enable gradient clipping, or check the inputs for extreme values")
