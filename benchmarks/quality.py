@@ -26,10 +26,11 @@ from dataloaders.base import LoaderSettings, dataloader_class
 from models.base import load_model
 
 
-def scores(config: str, version: str, model_name: str, seed: int) -> dict:
+def scores(config: str, version: str, model_name: str, seed: int, training_version: str | None = None) -> dict:
     cfg = load_config(config)
     test = store_root() / "DatasetConstructionTask" / config / version / f"seed_{seed}" / "test"
-    model = load_model(store_root() / "TrainingTask" / config / version / version / model_name / "model")
+    model = load_model(store_root() / "TrainingTask" / config / version / (training_version or version) / model_name
+                       / "model")
     groups = type(model).used_groups(model.spec)
     loader = dataloader_class(cfg.dataloader)(test, groups, cfg.classes, LoaderSettings(batch_size=4096))
     batches = list(loader.inference_batches())
@@ -54,10 +55,11 @@ def main() -> None:
     parser.add_argument("--config", default="hlt_ak4")
     parser.add_argument("--version", default="v1")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--training-version", help="default: --version")
     parser.add_argument("--models", nargs="+", default=["DNN", "DeepJet", "ParticleNet"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    results = {name: scores(args.config, args.version, name, args.seed) for name in args.models}
+    results = {name: scores(args.config, args.version, name, args.seed, args.training_version) for name in args.models}
     baseline = results[args.models[0]]
     rows = [{"stage": f"{name} BvsL AUC (light mis-id @70% b: {r['light_misid_at_70']:.2%}, BvsC AUC "
                       f"{r['bvsc_auc']:.3f}, c jets ranked c {r['c_predicted_c']:.1%})", "figure": r["bvsl_auc"] * 1000, "unit": "e-3",

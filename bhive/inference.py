@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bhive import dataset
+from bhive.attacks import Attack, Attacker, feature_rules
 from bhive.config import Config
 from bhive.store import atomic_path, atomic_write_json, file_problem, file_record, read_json
 from bhive.plugins.dataloader import LoaderSettings, dataloader_class
@@ -19,9 +20,17 @@ INFO = "info.json"
 ROOT_FILE = "scores.root"
 
 
-def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size: int = 4096) -> dict:
-    """Scores of every jet of ``dataset_dir`` in stored order, with what evaluation needs."""
+def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size: int = 4096,
+                    attack: Attack | None = None) -> dict:
+    """Scores of every jet of ``dataset_dir`` in stored order, with what evaluation needs;
+    with an ``attack``, the scores of the attacked jets (the config's ``attack`` rules)."""
     model = load_model(model_dir)
+    attacker = None
+    if attack is not None and attack.active:
+        if not hasattr(model, "standardise"):
+            raise ModelError(f"{type(model).__name__} cannot be scored under --test-attack {attack.kind}: attacks "
+                             f"follow the gradient of a PyTorch model's loss; score it without --test-attack")
+        attacker = Attacker(model, attack, feature_rules(cfg.attack, cfg.path))
     meta = dataset.load_meta(dataset_dir)
     for group in type(model).used_groups(model.spec):
         expected, found = list(model.spec.features[group]), list(meta["features"].get(group, []))
@@ -30,7 +39,8 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
                              f"{found}; score a dataset built with the same features")
     loader = dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
                                               LoaderSettings(batch_size=batch_size, validation_fraction=0.0))
-    scores = np.asarray(model.predict(loader.inference_batches()), dtype=np.float64)
+    batches = loader.inference_batches()
+    scores = np.asarray(model.predict(batches, attacker) if attacker else model.predict(batches), dtype=np.float64)
     columns = {name: [] for name in ("truth", "kinematics", "process", "extras", "weight", dataset.EVENT_WEIGHT)}
     for shard in meta["shards"]:
         arrays = dataset.open_shard(dataset_dir, shard["name"])
@@ -43,7 +53,7 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
     out["label"] = label_map(meta["truth_labels"], cfg.classes)[out["truth"]].astype(np.int16)
     info = {"classes": list(model.classes), "truth_labels": meta["truth_labels"], "processes": meta["processes"],
             "extras": meta["extras"], "kinematics": meta["kinematics"], "event_weight": meta.get("event_weight"),
-            "model": str(model_dir),
+            "model": str(model_dir), "attack": attack.label() if attack is not None else "nominal",
             "dataset": str(dataset_dir), "n_jets": int(len(scores))}
     return {"arrays": out, "info": info}
 

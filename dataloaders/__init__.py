@@ -4,4 +4,5 @@
 Importing this package registers the shipped loaders.
 """
 
+from dataloaders.resident import DeviceResidentLoader  # noqa: F401
 from dataloaders.shards import ShardDataLoader  # noqa: F401

@@ -3,9 +3,9 @@
 Shards are already shuffled at construction, so an epoch reads contiguous blocks of rows
 (cheap on memory-mapped files), visits the blocks in a new random order each epoch and
 shuffles rows within each block. Stochastic sampling keeps each jet with probability equal
-to the magnitude of its training weight (:mod:`bhive.jet_weighting`: reweighting, event and
-class weights) and gives it its sign as loss weight; in ``loss_weight`` mode every jet is kept
-and the training weight goes to the loss. Validation batches carry the training weight.
+to its reweighting weight times its event weight and gives it its class weight, signed, as
+loss weight (:mod:`bhive.jet_weighting`); in ``loss_weight`` mode every jet is kept and its
+training weight (all three) goes to the loss. Validation batches carry the training weight.
 Memory is bounded by one block per worker.
 
 The shuffle and the acceptance are drawn per block from the seed, the epoch and the block, and
@@ -108,18 +108,23 @@ class ShardDataLoader(DataLoaderPlugin):
         """``rows`` of ``block`` without the jets outside every class."""
         return block, rows[self.class_of_label[self._column(block, "truth")[rows]] >= 0]
 
-    def _totals(self, block: Block, rows: np.ndarray) -> np.ndarray:
-        """Training weights (:mod:`bhive.jet_weighting`) of ``rows`` of ``block``."""
+    def _jet_weights(self, block: Block, rows: np.ndarray, kind: str) -> np.ndarray:
+        """``rows`` of ``block``: their stochastic ``acceptance``, their loss weights once
+        ``sampled``, or their ``training`` weights (:mod:`bhive.jet_weighting`)."""
         shard = self._shard(*block[:2])
+        weight = self._column(block, "weight")[rows]
         event_weight = self._column(block, EVENT_WEIGHT)[rows] if EVENT_WEIGHT in shard else None
-        return self.weighting.totals(self._column(block, "weight")[rows], self._column(block, "truth")[rows],
-                                     event_weight)
+        if kind == "acceptance":
+            return self.weighting.acceptance(weight, event_weight)
+        truth = self._column(block, "truth")[rows]
+        if kind == "sampled":
+            return self.weighting.sampled_loss_weights(weight, truth, event_weight)
+        return self.weighting.totals(weight, truth, event_weight)
 
     def _loss_weights(self, block: Block, rows: np.ndarray, sampled: bool) -> np.ndarray:
         """The loss weight of each jet: its training weight, or for a jet kept by stochastic
-        sampling (``sampled``) the sign of it, the magnitude having been its acceptance."""
-        totals = self._totals(block, rows)
-        return (np.sign(totals) if sampled else totals).astype(np.float32)
+        sampling (``sampled``) its signed class weight."""
+        return self._jet_weights(block, rows, "sampled" if sampled else "training").astype(np.float32)
 
     def _read(self, piece: Piece, sampled: bool = False) -> Batch:
         """The rows of one piece, one gather per array straight from the memory map."""
@@ -169,7 +174,7 @@ class ShardDataLoader(DataLoaderPlugin):
             block = blocks[position]
             rows = rng.permutation(block[3] - block[2])
             if self.settings.sampling == "stochastic":
-                rows = rows[rng.random(len(rows)) < np.abs(self._totals(block, rows))]
+                rows = rows[rng.random(len(rows)) < self._jet_weights(block, rows, "acceptance")]
             yield self._in_classes(block, rows)
 
     def _validation_pieces(self) -> Iterator[Piece]:

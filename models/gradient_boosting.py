@@ -112,6 +112,9 @@ class GradientBoosting(Model):
         # stochastic sampling applies the training weights as acceptance in the loader (epoch 0)
         # and leaves their sign; in loss_weight mode every jet comes with its weight: either way
         # the trees take the loss weights as sample weights
+        if settings.attack != "none":
+            raise ModelError(f"GradientBoosting cannot be trained with --attack {settings.attack}: attacks follow the "
+                             f"gradient of a PyTorch model's loss; train a PyTorch model or drop --attack")
         x, y, w = self._collect(data.train_batches(0), self.hyperparameters["max_jets"])
         if (w < 0).any():
             raise ModelError("GradientBoosting cannot fit negative sample weights (training.negative_weights: "

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from bhive import training
+from bhive.attacks import Attacker
 from bhive.standardisation import feature_statistics
 from bhive.store import atomic_path
 from models.base import RETRAIN, InputSpec, Model, ModelError, read_description, write_description
@@ -81,16 +82,23 @@ class TorchModel(nn.Module, Model):
             self.set_standardisation(feature_statistics(data.train_batches(0), self.groups))
         return training.fit(self, data, settings, Path(workdir), resume=resume)
 
-    def predict(self, batches: Iterable[Mapping[str, np.ndarray]]) -> np.ndarray:
+    def predict(self, batches: Iterable[Mapping[str, np.ndarray]], attacker: Attacker | None = None) -> np.ndarray:
+        """Class probabilities; with ``attacker``, of each batch's adversarial version (against
+        the batch's ``label``; jets of no class are left as they are)."""
         self.eval()
         device = next(self.parameters()).device
         outputs = []
-        with torch.no_grad():
-            for batch in batches:
-                logits = self(self.standardise(training.to_device(
-                    {k: v for k, v in batch.items() if k in self.input_keys()}, device)))
-                # float64 probabilities: discriminators are ratios of them, and float32 ones tie
-                outputs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+        for batch in batches:
+            inputs = self.standardise(training.to_device({k: v for k, v in batch.items() if k in self.input_keys()},
+                                                         device))
+            if attacker is not None:
+                labels = torch.as_tensor(np.asarray(batch["label"]), dtype=torch.long, device=device)
+                # cross_entropy leaves out label -100: no gradient, so no shift, for those jets
+                inputs = attacker(inputs, torch.where(labels >= 0, labels, -100))
+            with torch.no_grad():
+                logits = self(inputs)
+            # float64 probabilities: discriminators are ratios of them, and float32 ones tie
+            outputs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, self.spec.n_classes))
 
     def export_onnx(self, path: Path, batch: Mapping[str, np.ndarray], tolerance: float) -> dict:

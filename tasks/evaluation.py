@@ -7,23 +7,28 @@ import luigi
 
 from bhive import inference, training
 from bhive.config import ConfigError
-from bhive.evaluation import comparison, curves, distributions, summary, working_points
-from bhive.store import check_name, read_json
+from bhive.evaluation import comparison, curves, distributions, robustness, summary, working_points
+from bhive.store import atomic_write_json, check_name, read_json
 from tasks.base import DatasetVersionTask, config_name
 from tasks.dataset import DatasetConstructionTask
-from tasks.parameters import DatasetParameters, TestParameters, TrainingParameters
+from tasks.parameters import (DatasetParameters, TestAttackParameters, TestParameters, TrainingParameters,
+                              attack_of)
 from tasks.training import TrainingTask
 
 
 BIASED = ("the test dataset also selected the best epoch of this training (--validation-dataset-version): "
           "these figures are biased towards the model")
+ATTACKED = ("every figure below is of the test jets under the attack {attack} (--test-attack); the robustness "
+            "table compares them with the nominal jets")
 EVENT_WEIGHTED = ("efficiencies, mis-identification rates, ROC curves, AUCs and working points are weighted by the "
                   "jets' signed event weights ({branch}); the confusion matrix counts jets")
 
 
-class ScoringTask(TestParameters, TrainingParameters, DatasetParameters, DatasetVersionTask):
+class ScoringTask(TestAttackParameters, TestParameters, TrainingParameters, DatasetParameters, DatasetVersionTask):
     """What InferenceTask and the tasks reading its scores share: parameters and store layout
-    ``<dataset_version>/<test_dataset_version>/<training_version>/<model>``."""
+    ``<dataset_version>/<test_dataset_version>/<training_version>/<model>``, the model part
+    followed by the test attack where there is one (``DeepJet-fgsm_eps0.1``), so that nominal
+    and attacked results never share a directory."""
 
     version_parameter = "--training-version"
 
@@ -34,7 +39,13 @@ class ScoringTask(TestParameters, TrainingParameters, DatasetParameters, Dataset
         test = self.test_dataset_version
         if self.test_config and config_name(self.test_config) != self.config_name:
             test = f"{config_name(self.test_config)}-{test}"
-        return (*super().store_parts(), test, self.training_version, self.model())
+        attack = attack_of(self, "test_attack")
+        scored = self.model() if not attack.active else f"{self.model()}-{attack.label()}"
+        return (*super().store_parts(), test, self.training_version, scored)
+
+    def nominal(self) -> InferenceTask:
+        """The inference of the same training on the same jets without a test attack."""
+        return InferenceTask.req(self, test_attack="none")
 
 
 class InferenceTask(ScoringTask):
@@ -49,7 +60,9 @@ class InferenceTask(ScoringTask):
                                                     dataset_version=self.test_dataset_version)}
 
     def identity_settings(self) -> dict:
-        return {"allow_validation_on_test": self.allow_validation_on_test}
+        attack = attack_of(self, "test_attack")
+        return {"allow_validation_on_test": self.allow_validation_on_test,
+                **({"test_attack": attack.identity(with_fraction=False)} if attack.active else {})}
 
     def validation_on_test(self) -> bool:
         """Whether the test dataset is the one that selected the training's best epoch."""
@@ -71,7 +84,8 @@ class InferenceTask(ScoringTask):
                               f"another --test-dataset-version, or pass --allow-validation-on-test to accept a "
                               f"result the summary marks as biased")
         predictions = inference.predict_dataset(self.cfg, self.training().local_path(training.ARTIFACT),
-                                                self.requires()["test"].output_directory())
+                                                self.requires()["test"].output_directory(),
+                                                attack=attack_of(self, "test_attack"))
         predictions["info"]["validation_on_test"] = overlap
         inference.write_predictions(self.local_path(), predictions)
 
@@ -202,10 +216,13 @@ class EvaluationTask(_EvaluationTask):
     compare = ComparisonTask.compare
 
     def requires(self):
-        return {"inference": InferenceTask.req(self), "roc": ROCCurveTask.req(self),
-                "working_points": WorkingPointTask.req(self), "training": self.training(),
-                "scores": ScoreDistributionTask.req(self), "features": FeatureDistributionTask.req(self),
-                "comparison": ComparisonTask.req(self)}
+        requirements = {"inference": InferenceTask.req(self), "roc": ROCCurveTask.req(self),
+                        "working_points": WorkingPointTask.req(self), "training": self.training(),
+                        "scores": ScoreDistributionTask.req(self), "features": FeatureDistributionTask.req(self),
+                        "comparison": ComparisonTask.req(self)}
+        if attack_of(self, "test_attack").active:
+            requirements["nominal"] = self.nominal()
+        return requirements
 
     def output(self):
         return {"json": self.local_target("summary.json"), "md": self.local_target("summary.md")}
@@ -218,6 +235,12 @@ class EvaluationTask(_EvaluationTask):
         notes = [BIASED] if scored.get("validation_on_test") else []
         if scored.get("event_weight"):
             notes.append(EVENT_WEIGHTED.format(branch=scored["event_weight"]))
+        table = []
+        if "nominal" in inputs:
+            notes.append(ATTACKED.format(attack=scored["attack"]))
+            table = robustness.robustness_table(inference.read_predictions(inputs["nominal"].local_path()),
+                                                self.predictions(), self.cfg.discriminators, scored["attack"])
+            atomic_write_json(self.local_path("robustness.json"), table)
         summary.write_summary(
             f"{self.model()} on {self.config_name} (version {self.version})", self.config_name, self.model(),
             read_json(inputs["roc"].local_path(curves.AUCS)),
@@ -225,4 +248,4 @@ class EvaluationTask(_EvaluationTask):
             read_json(inputs["working_points"].local_path("charm_working_points.json")),
             read_json(inputs["comparison"].local_path("comparison.json")),
             read_json(inputs["scores"].local_path("confusion.json")), history, self.local_path(),
-            notes=notes)
+            notes=notes, robustness=table)

@@ -12,6 +12,7 @@ import law
 import luigi
 
 from bhive import construction
+from bhive.attacks import ATTACKS, Attack
 from tasks.base import ConfigParameter, NameParameter
 
 
@@ -38,7 +39,44 @@ class DatasetParameters:
                                          description="memory of each dask worker job; default: 2GB")
 
 
-class TrainingParameters:
+def _attack_parameters(prefix: str, what: str) -> dict[str, luigi.Parameter]:
+    """An attack's parameters (bhive.attacks), named ``prefix``, ``prefix_epsilon``, ..."""
+    return {
+        prefix: luigi.ChoiceParameter(choices=ATTACKS, default="none",
+                                      description=f"adversarial attack on the {what}: none | fgsm | pgd"),
+        f"{prefix}_epsilon": luigi.FloatParameter(
+            default=0.1, description="largest shift of a feature, in units of its width (times its attack.factors); "
+                                     "default: 0.1"),
+        f"{prefix}_iterations": luigi.IntParameter(default=10, description="pgd steps; default: 10"),
+        f"{prefix}_step": luigi.FloatParameter(default=0.0,
+                                               description="pgd step size; default: 2.5 x epsilon / iterations"),
+        f"{prefix}_random_start": luigi.BoolParameter(default=False,
+                                                      description="pgd: start from a random point of the box"),
+    }
+
+
+def attack_of(task, prefix: str) -> Attack:
+    """The :class:`Attack` a task's parameters named ``prefix...`` describe."""
+    return Attack(kind=getattr(task, prefix), epsilon=getattr(task, f"{prefix}_epsilon"),
+                  iterations=getattr(task, f"{prefix}_iterations"), step=getattr(task, f"{prefix}_step"),
+                  random_start=getattr(task, f"{prefix}_random_start"),
+                  fraction=getattr(task, f"{prefix}_fraction", 0.5))
+
+
+AttackParameters = type("AttackParameters", (), {
+    "__doc__": "Adversarial training: part of every training batch replaced by its attacked version.",
+    **_attack_parameters("attack", "training batches"),
+    "attack_fraction": luigi.FloatParameter(default=0.5, description="share of each training batch replaced by "
+                                            "its attacked version; default: 0.5"),
+})
+
+TestAttackParameters = type("TestAttackParameters", (), {
+    "__doc__": "An attack on the test inputs: every score and figure downstream is of the attacked jets.",
+    **_attack_parameters("test_attack", "test inputs"),
+})
+
+
+class TrainingParameters(AttackParameters):
     """Which model is trained on which dataset, and how."""
 
     training_version = NameParameter(flag="--training-version", default=law.NO_STR,

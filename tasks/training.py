@@ -7,7 +7,7 @@ from bhive.config import ConfigError
 from tasks.base import DatasetVersionTask
 from tasks.batch import SingleJobWorkflow
 from tasks.dataset import DatasetConstructionTask
-from tasks.parameters import DatasetParameters, TrainingParameters
+from tasks.parameters import DatasetParameters, TrainingParameters, attack_of
 
 #: command-line parameters that replace a key of the config's `training:` section when set
 TRAINING_OVERRIDES = ("epochs", "batch_size", "learning_rate", "sampling")
@@ -36,7 +36,8 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, Si
         return {f"training.{name}": getattr(self, name) for name in TRAINING_OVERRIDES if getattr(self, name)}
 
     def identity_settings(self) -> dict:
-        return {"model": self.model()}
+        attack = attack_of(self, "attack")
+        return {"model": self.model(), **({"attack": attack.identity(with_fraction=True)} if attack.active else {})}
 
     def output(self):
         return {"model": self.local_target(training.ARTIFACT, "model.json"),
@@ -59,7 +60,10 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, Si
             self.cfg, epochs=self.epochs or None, batch_size=self.batch_size or None,
             learning_rate=self.learning_rate or None, sampling=self.sampling or None, seed=self.seed,
             device=self.device, precision=self.precision, compile=self.compile,
-            loader_workers=self.loader_workers, stop_after_epoch=self.stop_after_epoch)
+            loader_workers=self.loader_workers, stop_after_epoch=self.stop_after_epoch, attack=self.attack,
+            attack_epsilon=self.attack_epsilon, attack_iterations=self.attack_iterations,
+            attack_step=self.attack_step, attack_random_start=self.attack_random_start,
+            attack_fraction=self.attack_fraction)
 
     def run(self):
         inputs = self.requires()

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_curve as sklearn_roc_curve
-
 import torch
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from bhive import dataset
 from bhive.jet_weighting import WeightingError, class_shares, mean_acceptance, weighting
@@ -63,8 +62,12 @@ def test_balanced_classes_carry_equal_summed_weight() -> None:
     np.testing.assert_allclose(per_class / per_class.sum(), 1 / 3, rtol=1e-5)
     assert totals.max() <= 1.0 and np.isclose(plan.class_factors.max(), 1.0)
     assert class_shares(meta, CLASS_OF_LABEL, CLASSES, plan) == pytest.approx(dict.fromkeys(CLASSES, 1 / 3), rel=1e-5)
-    # the acceptance the loop plans its epoch with is the mean |total| over the jets in classes
-    assert mean_acceptance(meta, CLASS_OF_LABEL, plan) == pytest.approx(np.abs(totals).mean(), rel=1e-5)
+    # stochastic sampling: kept with the reweighting weight, balanced through the loss weights
+    np.testing.assert_array_equal(plan.acceptance(reweight), reweight.astype(np.float64))
+    sampled = plan.totals(reweight, truth) / reweight.astype(np.float64)
+    np.testing.assert_allclose(plan.sampled_loss_weights(reweight, truth)[reweight > 0], sampled[reweight > 0])
+    # the acceptance the loop plans its epoch with is the mean acceptance over the jets in classes
+    assert mean_acceptance(meta, CLASS_OF_LABEL, plan) == pytest.approx(reweight.mean(), rel=1e-5)
 
 
 def test_class_factors_by_hand() -> None:
@@ -95,7 +98,9 @@ def test_negative_event_weights_by_mode(mode: str) -> None:
     # balance holds for the weights as the mode uses them
     per_class = per_class_totals(totals, truth)
     np.testing.assert_allclose(per_class / per_class.sum(), 1 / 3, rtol=1e-4)
-    assert mean_acceptance(meta, CLASS_OF_LABEL, plan) == pytest.approx(np.abs(totals).mean(), rel=1e-4)
+    acceptance = plan.acceptance(reweight, event)
+    np.testing.assert_allclose(acceptance * plan.sampled_loss_weights(reweight, truth, event), totals, rtol=1e-6)
+    assert mean_acceptance(meta, CLASS_OF_LABEL, plan) == pytest.approx(acceptance.mean(), rel=1e-4)
 
 
 def test_signed_training_warns_about_convergence(caplog) -> None:
@@ -189,13 +194,18 @@ def test_stochastic_batches_sample_by_magnitude_and_keep_the_sign(tmp_path) -> N
     for epoch in range(epochs):
         for batch in data.train_batches(epoch):
             rows = batch["global"][:, 0].astype(int)
-            np.testing.assert_array_equal(batch["weight"], np.sign(arrays["mc_weight"][rows]))
-            kept += np.bincount(batch["label"], minlength=3)
-    # each class is kept in proportion to its summed |training weight|: balanced, up to the
-    # negative jets, which count in the acceptance but against the class in the loss
-    magnitude = np.bincount(CLASS_OF_LABEL[arrays["truth"]], weights=np.abs(expected), minlength=3) * epochs
-    assert np.all(np.abs(kept - magnitude) < 4 * np.sqrt(magnitude))
-    assert data.mean_acceptance() == pytest.approx(np.abs(expected).mean(), rel=1e-4)
+            factors = plan.class_factors[arrays["truth"][rows]]
+            np.testing.assert_allclose(batch["weight"], np.sign(arrays["mc_weight"][rows]) * factors, rtol=1e-6)
+            kept += np.bincount(batch["label"], minlength=3, weights=batch["weight"])
+    # kept with probability |reweighting x event weight|, weighted by the signed class factor:
+    # on average each class carries its summed training weight, which balancing made equal
+    acceptance = plan.acceptance(arrays["weight"], arrays["mc_weight"])
+    summed = np.bincount(CLASS_OF_LABEL[arrays["truth"]], weights=expected, minlength=3) * epochs
+    spread = np.bincount(CLASS_OF_LABEL[arrays["truth"]], weights=acceptance * plan.class_factors[arrays["truth"]] ** 2,
+                         minlength=3) * epochs
+    assert np.all(np.abs(kept - summed) < 4 * np.sqrt(spread))
+    np.testing.assert_allclose(summed / summed.sum(), 1 / 3, rtol=1e-4)
+    assert data.mean_acceptance() == pytest.approx(acceptance.mean(), rel=1e-4)
 
 
 def test_the_loss_is_normalised_by_the_summed_magnitude() -> None:

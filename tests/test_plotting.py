@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from pathlib import Path
 
 import matplotlib
@@ -93,9 +92,7 @@ def test_save_replaces_an_earlier_plot(tmp_path: Path) -> None:
 def test_plot_spectra_writes_four_plots_with_their_projections(tmp_path: Path, counts) -> None:
     before, after = counts
     directory = tmp_path / "plots"
-    start = time.perf_counter()
     written = plotting.plot_spectra(before, after, BINS_PT, BINS_ETA, LABELS, directory)
-    elapsed = time.perf_counter() - start
     stems = ["pt_before", "pt_after", "eta_before", "eta_after"]
     assert sorted(p.name for p in written) == sorted(f"{s}{ext}" for s in stems for ext in (".png", ".pdf", ".npz"))
     for path in written:
@@ -113,7 +110,6 @@ def test_plot_spectra_writes_four_plots_with_their_projections(tmp_path: Path, c
             np.testing.assert_allclose((data["density"] * np.diff(edges)).sum(axis=1), 1.0)
             np.testing.assert_allclose(data["density"] * np.diff(edges) * projection.sum(axis=1, keepdims=True),
                                        projection)
-    assert elapsed < 5.0, f"four spectra plots took {elapsed:.1f} s"
 
 
 def plotted_axes(monkeypatch: pytest.MonkeyPatch) -> dict[str, tuple[str, str, list[str]]]:

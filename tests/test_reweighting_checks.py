@@ -7,8 +7,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bhive.reweighting import (BinSums, ReweightingSettings, SparseBinsError, bin_sums, closure_edges,
-                               closure_histograms, jet_weights, merged_regions, reference_weights)
+from bhive.reweighting import (
+    BinSums,
+    ReweightingSettings,
+    SparseBinsError,
+    bin_sums,
+    closure_edges,
+    closure_histograms,
+    jet_weights,
+    merged_regions,
+    reference_weights,
+)
 
 BINS_PT = [30.0, 50.0, 100.0, 200.0, 500.0]
 BINS_ETA = [-2.5, 0.0, 2.5]

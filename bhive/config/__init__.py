@@ -35,12 +35,14 @@ from bhive import expressions
 from bhive.config.files import ConfigError, Sources, read_yaml
 from bhive.config.schema import (CANDIDATE_GROUPS, GROUP_KEYS, SCHEMA_COMMAND, ConfigFile, Discriminator, ProcessConfig,
                                  ReweightingConfig, SamplesConfig, TrainingConfig, schema_json)
+from bhive.config.schema import AttackConfig
 from bhive.config.values import CUT_KEYS, TRUTH_OPERATORS, TruthCondition, TruthRule, truth_rules
 
 __all__ = [
-    "CANDIDATE_GROUPS", "CONFIG_DIR", "CUT_KEYS", "SCHEMA_COMMAND", "TRUTH_OPERATORS", "CandidateGroup", "Config",
-    "ConfigError", "ConfigFile", "Discriminator", "ProcessConfig", "SamplesConfig", "SimulateConfig",
-    "ReweightingConfig", "SimulatedProcess", "TrainingConfig", "TruthCondition", "TruthRule", "available_configs", "load_config",
+    "CANDIDATE_GROUPS", "CONFIG_DIR", "CUT_KEYS", "SCHEMA_COMMAND", "TRUTH_OPERATORS", "AttackConfig", "CandidateGroup",
+    "Config",
+    "ConfigError", "ConfigFile", "Discriminator", "ProcessConfig", "ReweightingConfig", "SamplesConfig",
+    "SimulateConfig", "SimulatedProcess", "TrainingConfig", "TruthCondition", "TruthRule", "available_configs", "load_config",
     "schema_json",
 ]
 
@@ -123,6 +125,7 @@ class Config:
     optional_groups: tuple[str, ...]
     event_weight: str | None
     reweighting: ReweightingConfig
+    attack: AttackConfig
     truths: tuple[TruthRule, ...]
     reference_flavour: str
     classes: dict[str, tuple[str, ...]]

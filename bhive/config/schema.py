@@ -152,12 +152,25 @@ class TrainingConfig(Section):
                          Annotated[dict[Name, Number("a class weight > 0", gt=0)], NonEmpty(
                              dict, "none, balanced or a mapping class -> weight",
                              "empty mapping; give class: weight pairs, or none")]] = Field(
-        description="class balance on top of the reweighting, in stochastic sampling (acceptance) and in the "
-                    "loss (loss_weight): none | balanced (every output class the same summed weight) | "
-                    "{class: factor}")
+        description="class balance on top of the reweighting, as loss weights in both sampling modes: none | "
+                    "balanced (every output class the same summed weight) | {class: factor}")
     negative_weights: Text("drop", "abs", "signed", what="negative_weights") = Field(
         description="jets with a negative event weight (event_weight): drop (weight 0) | abs (|w|) | signed "
                     "(sampled by |w|, the sign in the loss; may converge slower)")
+
+
+class AttackConfig(Section):
+    """Which inputs an adversarial attack (--attack, --test-attack) may shift, and how far."""
+
+    factors: Annotated[dict[Name, Number("a factor >= 0", ge=0)], EMPTY_IF_NULL] = Field(
+        description="{feature: factor}: the feature's shift is at most factor x epsilon (default 1)")
+    never: Annotated[Names("features", allow_empty=True), EMPTY_LIST_IF_NULL] = Field(
+        description="features never attacked: integer-valued ones and flags (counts, charge, pdgId flags)")
+    non_negative: Annotated[Names("features", allow_empty=True), EMPTY_LIST_IF_NULL] = Field(
+        description="features clamped at zero (in their own units) after an attack")
+    factors_file: Optional[Name] = Field(
+        description="JSON file {\"format\": \"bhive-attack-factors/1\", \"factors\": {feature: factor}} (e.g. "
+                    "data/simulation width ratios), relative to the config's directory; factors override it")
 
 
 class ReweightingConfig(Section):
@@ -229,6 +242,7 @@ class ConfigFile(Section):
                     "(NLO). Used in the reweighting histograms, training (training.negative_weights) and the "
                     "evaluation; null: every jet weighs 1")
     reweighting: ReweightingConfig = Field(description="checks and options of the pT x eta reweighting")
+    attack: AttackConfig = Field(description="per-feature rules of adversarial attacks (--attack, --test-attack)")
     truths: Truths = Field(description="truth labels: a list of boolean branches [isB, isC, ...], or rules "
                                        "label: [{branch: [values or {'>': x}]}, ...] (a jet needs every listed "
                                        "branch to match one of its values)")
@@ -311,6 +325,15 @@ class ConfigFile(Section):
                 fail("", count_key, kind="missing")
             else:
                 custom[custom_key] = features
+        known_features = {*self.global_features, *self.global_custom_features}
+        for group, (features_key, _, custom_key) in GROUP_KEYS.items():
+            known_features.update(getattr(self, features_key) or ())
+            known_features.update(getattr(self, custom_key) or {})
+        for key in ("factors", "never", "non_negative"):
+            for name in getattr(self.attack, key):
+                if name not in known_features:
+                    fail(f"unknown feature {name!r}{suggest(name, tuple(sorted(known_features)), 'Features')}",
+                         "attack", key, name)
         for index, group in enumerate(self.optional_groups):
             if getattr(self, GROUP_KEYS[group][0]) is None:
                 fail(f"the {group} group is not configured ('{GROUP_KEYS[group][0]}' is null), so it cannot be "

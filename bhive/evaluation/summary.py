@@ -16,14 +16,17 @@ CHARM_COLUMNS = ("discriminators", "derived_on", "working_point", "target_misids
 
 def write_summary(title: str, config: str, model: str, aucs: Mapping, points: Sequence[Mapping],
                   charm_points: Sequence[Mapping], comparison: Mapping, confusion: Mapping,
-                  history: Sequence[Mapping], directory: Path, notes: Sequence[str] = ()) -> dict:
+                  history: Sequence[Mapping], directory: Path, notes: Sequence[str] = (),
+                  robustness: Sequence[Mapping] = ()) -> dict:
     """``summary.json`` and ``summary.md`` from the outputs of the other evaluation steps;
-    ``notes`` are caveats shown at the top (e.g. a test dataset that also selected the epoch)."""
+    ``notes`` are caveats shown at the top (e.g. a test dataset that also selected the epoch),
+    ``robustness`` the nominal-versus-attacked table of a test attack."""
     summary = {"config": config, "model": model, "auc": aucs["auc"], "notes": [*notes, *aucs["notes"]],
                "comparison_auc": comparison, "confusion": confusion,
                "working_points": [{k: row[k] for k in TABLE_COLUMNS} for row in points],
                "charm_working_points": [{k: row[k] for k in CHARM_COLUMNS} for row in charm_points],
-               "epochs_trained": len(history), "final_val_loss": history[-1].get("val_loss")}
+               "epochs_trained": len(history), "final_val_loss": history[-1].get("val_loss"),
+               "robustness": list(robustness)}
     atomic_write_json(directory / "summary.json", summary)
     with atomic_write(directory / "summary.md") as stream:
         stream.write("\n".join(markdown(title, summary, history)) + "\n")
@@ -59,6 +62,14 @@ def markdown(title: str, summary: Mapping, history: Sequence[Mapping]) -> list[s
                   "|---|" + "---|" * len(labels)]
         for name, per in comparison.items():
             lines.append(f"| {name} | " + " | ".join(f"{per[k]:.4f}" if k in per else "" for k in labels) + " |")
+    if summary["robustness"]:
+        lines += ["", f"## Robustness under {summary['robustness'][0]['attack']} (all jets; mis-id and efficiency at "
+                  f"the nominal medium threshold)", "", "| discriminator | AUC nominal | AUC attacked | efficiency "
+                  "nominal | efficiency attacked | mis-id nominal | mis-id attacked |", "|---|---|---|---|---|---|---|"]
+        for row in summary["robustness"]:
+            lines.append(f"| {row['discriminator']} | {row['auc_nominal']:.4f} | {row['auc_attacked']:.4f} | "
+                         f"{row['efficiency_nominal']:.4f} | {row['efficiency_attacked']:.4f} | "
+                         f"{row['misid_nominal']:.5f} | {row['misid_attacked']:.5f} |")
     lines += ["", "## Confusion (fraction of each true class, by highest score)", "",
               "| true \\ predicted | " + " | ".join(confusion["classes"]) + " |",
               "|---|" + "---|" * len(confusion["classes"])]

@@ -141,6 +141,12 @@ class DataLoaderPlugin(ABC):
         """Jets one training epoch passes over before sampling; the loop uses it for the
         learning-rate schedule and the ETA."""
 
+    def to(self, device) -> None:
+        """Called by the training loop with the training device (a ``torch.device``) before the
+        first batch. Batches may then hold tensors already on that device; a loader that keeps
+        its data there (``DeviceResidentLoader``) moves it now. The default does nothing: the
+        loop copies each batch, the next while the current one trains."""
+
     def mean_acceptance(self) -> float:
         """Average stochastic acceptance of the jets in output classes (the magnitude of their
         training weight); the loop scales the steps per epoch by it."""

@@ -14,7 +14,7 @@ import inspect
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,15 @@ class TrainingSettings:
     sampling: str = "stochastic"
     class_weights: str | dict[str, float] = "none"
     negative_weights: str = "abs"
+    # adversarial training (bhive.attacks): the attack, and the config's per-feature rules
+    attack: str = "none"
+    attack_epsilon: float = 0.1
+    attack_iterations: int = 10
+    attack_step: float = 0.0
+    attack_random_start: bool = False
+    attack_fraction: float = 0.5
+    attack_factors: dict[str, float] = field(default_factory=dict)
+    attack_non_negative: tuple[str, ...] = ()
     device: str = "auto"
     precision: str = "fp32"          # fp32 | bf16 | fp16 (mixed precision)
     compile: bool = False

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bhive import dataset
+from bhive import attacks, dataset
 from bhive.config import Config
 from bhive.plugins.dataloader import LoaderSettings, dataloader_class
 from bhive.plugins.model import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, check_files, model_class
@@ -34,11 +34,14 @@ HISTORY = "history.json"
 
 def training_settings(cfg: Config, **overrides) -> TrainingSettings:
     """The config's training block with per-run overrides (None means: keep the config's)."""
-    base = TrainingSettings(**{k: getattr(cfg.training, k) for k in (
+    from_config = {k: getattr(cfg.training, k) for k in (
         "epochs", "batch_size", "learning_rate", "weight_decay", "optimizer", "scheduler", "warmup_epochs",
-        "gradient_clip", "patience", "sampling", "negative_weights")},
-                            class_weights=cfg.training.class_weights if isinstance(cfg.training.class_weights, str)
-                            else dict(cfg.training.class_weights))
+        "gradient_clip", "patience", "sampling", "negative_weights")}
+    class_weights = cfg.training.class_weights
+    rules = attacks.feature_rules(cfg.attack, cfg.path)
+    base = TrainingSettings(**from_config, class_weights=class_weights if isinstance(class_weights, str)
+                            else dict(class_weights), attack_factors=dict(rules.factors),
+                            attack_non_negative=tuple(rules.non_negative))
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 

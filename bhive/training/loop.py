@@ -18,6 +18,7 @@ alone writes checkpoints, TensorBoard events and logs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import time
@@ -25,19 +26,29 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+from bhive.attacks import Attacker, partly_attacked, training_attack
 from bhive.plugins.dataloader import RankShare, rank_rows
 from bhive.plugins.model import TrainingSettings
 from bhive.training import distributed
 from bhive.training.distributed import World, resolve_device  # noqa: F401  (part of this module's interface)
 from bhive.training.state import (  # noqa: F401  (part of this module's interface)
-    BEST, CHECKPOINT, RESUME_FIX, TrainingError, TrainingInterrupted, TrainingStopped, atomic_save, load_tensors,
-    rng_state, seed_everything, set_rng_state,
+    BEST,
+    CHECKPOINT,
+    RESUME_FIX,
+    TrainingError,
+    TrainingInterrupted,
+    TrainingStopped,
+    atomic_save,
+    load_tensors,
+    rng_state,
+    seed_everything,
+    set_rng_state,
 )
 from bhive.training.stopping import StopRequest, stop_on_signals
+from bhive.training.transfer import prefetched, to_device
 
 
 def autocast(device: torch.device, precision: str):
@@ -72,15 +83,6 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int, schedul
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     raise TrainingError(f"unknown scheduler '{schedule}'; choose none, linear or cosine")
-
-
-def to_device(batch: Mapping[str, np.ndarray | torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    non_blocking = device.type == "cuda"
-    out = {}
-    for key, value in batch.items():
-        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-        out[key] = tensor.to(device, non_blocking=non_blocking)
-    return out
 
 
 class _EpochBatches(torch.utils.data.IterableDataset):
@@ -192,6 +194,7 @@ class _Training:
     workdir: Path
     global_batch: distributed.GlobalBatch | None
     history: list
+    attacker: Attacker | None = None
     best_loss: float = math.inf
     since_best: int = 0
 
@@ -275,19 +278,22 @@ def _train_epoch(run: _Training, data, epoch: int, skip: int, sums: EpochSums, s
     model.train()
     started = time.perf_counter()
     batches = training_batches(data, epoch, settings.loader_workers, device.type == "cuda", where)
-    for index, item in enumerate(batches):
-        if index < skip:
-            continue  # trained on before the stop: reading is far cheaper than training
+    if skip:
+        # trained on before the stop: reading is far cheaper than training
+        batches = itertools.islice(batches, skip, None)
+    for index, (item, batch) in enumerate(prefetched(batches, device, _batch_of(where)), start=skip):
         share = item if where.size > 1 else None
-        batch = to_device(share.batch if share else item, device)
         if share is None:
             own = len(batch["label"])
         else:
             rows, own = rank_rows(share.size, where.rank, where.size)
             if run.global_batch is not None:
                 run.global_batch.start, run.global_batch.size = rows.start, share.size
+        inputs = model.standardise(batch)
+        if run.attacker is not None:
+            inputs = partly_attacked(run.attacker, inputs, batch["label"], settings.attack_fraction)
         with autocast(device, settings.precision):
-            logits = run.forward(model.standardise(batch))
+            logits = run.forward(inputs)
         loss = _loss(logits, batch, share, own, where.size)
         if share is None and not torch.isfinite(loss):
             raise TrainingError(f"the loss became {loss.item()} in epoch {epoch + 1}, batch {index}: lower the "
@@ -324,6 +330,12 @@ def _train_epoch(run: _Training, data, epoch: int, skip: int, sums: EpochSums, s
     return sums
 
 
+def _batch_of(where: World):
+    """What to put on the device of each item of :func:`training_batches`: a batch, or on
+    several processes the process's share of one."""
+    return (lambda share: share.batch) if where.size > 1 else (lambda batch: batch)
+
+
 def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -> list[dict]:
     """Train ``model`` (a TorchModel) on ``data`` (a dataloader plugin); returns the history."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -331,6 +343,7 @@ def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -
     say = log if where.rank == 0 else (lambda *_: None)
     device = distributed.training_device(settings.device, where)
     model.to(device)
+    data.to(device)
     global_batch = distributed.adapt(model, where, device)
     optimizer = make_optimizer(model.parameters(), settings)
     mean_weight = data.mean_acceptance() if settings.sampling == "stochastic" else 1.0
@@ -338,7 +351,10 @@ def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(
         step, settings.warmup_epochs * steps_per_epoch, settings.epochs * steps_per_epoch, settings.scheduler))
     scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
-    run = _Training(model, model, optimizer, scheduler, scaler, settings, where, device, workdir, global_batch, [])
+    attack, rules = training_attack(settings)
+    attacker = Attacker(model, attack, rules) if attack.active else None
+    run = _Training(model, model, optimizer, scheduler, scaler, settings, where, device, workdir, global_batch, [],
+                    attacker=attacker)
 
     start_epoch, skip, sums = 0, 0, EpochSums()
     if resume:
