@@ -54,7 +54,8 @@ def raw_read_seconds(cfg, path: Path, branches: set[str], repeats: int = 2) -> f
 def convert(cfg, files: list[str], work: Path, chunk_size: int, shard_size: int) -> dict:
     started = time.perf_counter()
     settings = construction.ExecutorSettings(executor="iterative", chunk_size=chunk_size)
-    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings, processor_class(cfg.processor))
+    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings, processor_class(cfg.processor),
+                                            seed=1)
     processed = time.perf_counter()
     meta = construction.build_dataset(cfg, piece_dirs, work / "dataset", split="train", seed=1,
                                       shard_size=shard_size, dataset_identity={"benchmark": True})

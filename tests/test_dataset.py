@@ -35,7 +35,7 @@ def build(unit, name="out", executor="iterative", processes=1, chunk_size=300, s
     files = inputs.resolve_files(cfg.samples.train, "train")
     work = unit["tmp"] / name
     settings = construction.ExecutorSettings(executor=executor, processes=processes, chunk_size=chunk_size)
-    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings, DeepNtupleProcessor)
+    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings, DeepNtupleProcessor, seed=seed)
     identity = {"test": name}
     meta = construction.build_dataset(cfg, piece_dirs, work / "dataset", split="train", seed=seed,
                                       shard_size=shard_size, dataset_identity=identity,
@@ -165,11 +165,11 @@ def test_interrupted_processing_reuses_finished_pieces(unit):
     files = inputs.resolve_files(cfg.samples.train, "train")
     settings = construction.ExecutorSettings(executor="iterative", chunk_size=300)
     directory = unit["tmp"] / "pieces"
-    first = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor)
+    first = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor, seed=3)
     kept = {p: (p / "global.npy").stat().st_mtime_ns for p in first[1:]}
     import shutil
     shutil.rmtree(first[0])
-    second = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor)
+    second = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor, seed=3)
     assert second == first
     assert all((p / "global.npy").stat().st_mtime_ns == t for p, t in kept.items())
 

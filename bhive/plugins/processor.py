@@ -49,16 +49,21 @@ class JetProcessor(processor.ProcessorABC):
         where pieces are written; must be reachable from every worker.
     file_processes:
         process index of every input file, keyed by the file name as the executor sees it.
+    seed:
+        the dataset's seed, which orders each piece's jets by their shard keys
+        (:mod:`bhive.pieces`).
     """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         PROCESSORS.add(cls)
 
-    def __init__(self, cfg: Config, piece_directory: str | Path, file_processes: dict[str, int]) -> None:
+    def __init__(self, cfg: Config, piece_directory: str | Path, file_processes: dict[str, int],
+                 seed: int = 0) -> None:
         self.cfg = cfg
         self.piece_directory = str(piece_directory)
         self.file_processes = dict(file_processes)
+        self.seed = seed
 
     # -- what subclasses provide ---------------------------------------------------------
 
@@ -103,7 +108,7 @@ class JetProcessor(processor.ProcessorABC):
                     f"{source} (entries {metadata['entrystart']}-{metadata['entrystop']}) cannot be processed: "
                     f"{type(error).__name__}: {error}") from error
             info.update(file=source, entry_start=metadata["entrystart"], entry_stop=metadata["entrystop"])
-            pieces.write_piece(directory, arrays, info)
+            pieces.write_piece(directory, arrays, info, self.seed)
             info = pieces.read_info(directory)
         return {"pieces": {name: info}}
 
@@ -182,7 +187,7 @@ class JetProcessor(processor.ProcessorABC):
         """Zero-padded (jets, n_candidates, features) array and its (jets, n_candidates) mask."""
         names = [*group.features, *group.custom_features]
         n_jets, size = int(selected.sum()), group.n_candidates
-        counts, values = None, []
+        counts, flat = None, []
         for name in names:
             jagged = columns[name]
             if jagged.ndim != 2:
@@ -194,17 +199,23 @@ class JetProcessor(processor.ProcessorABC):
             elif not np.array_equal(lengths, counts):
                 raise ProcessorError(f"{source}: candidate features '{names[0]}' and '{name}' of group {group.name} "
                                      f"have different numbers of entries per jet; they must come from one collection")
-            values.append(ak.to_numpy(ak.flatten(jagged)))
-        # Work on the flat candidate buffers of all jets, then keep the selected jets' first
-        # `size` candidates: one scatter of whole rows instead of a jagged selection per feature.
-        slot = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        jet_row = np.repeat(np.cumsum(selected) - 1, counts)
-        keep = np.repeat(selected, counts) & (slot < size)
-        out = np.zeros((n_jets, size, len(names)), dtype=np.float32)
-        out[jet_row[keep], slot[keep]] = np.stack(values, axis=1)[keep]
-        counts = counts[selected]
-        mask = np.arange(size)[None, :] < np.minimum(counts, size)[:, None]
-        return out, mask
+            flat.append(ak.to_numpy(ak.flatten(jagged)))
+        # Index arithmetic on the offsets: for each candidate that is kept (a selected jet's
+        # first `size`), where it is in the flat buffers and which row of the padded
+        # (jets * size, features) array it fills. One gather per feature into a feature-major
+        # block, then one scatter of whole rows: numpy's fast paths, with no jagged selection.
+        kept = np.minimum(counts[selected], size)
+        n_kept = int(kept.sum())
+        within = np.arange(n_kept) - np.repeat(np.cumsum(kept) - kept, kept)
+        origin = np.repeat((np.cumsum(counts) - counts)[selected], kept) + within
+        row = np.repeat(np.arange(n_jets) * size, kept) + within
+        gathered = np.empty((len(names), n_kept), dtype=np.float32)
+        for values, out in zip(flat, gathered):
+            np.take(values.astype(np.float32, copy=False), origin, out=out)
+        padded = np.zeros((n_jets * size, len(names)), dtype=np.float32)
+        padded[row] = gathered.T
+        mask = np.arange(size)[None, :] < kept[:, None]
+        return padded.reshape(n_jets, size, len(names)), mask
 
 
 def _scalar(columns: dict, name: str, source: str) -> np.ndarray:
