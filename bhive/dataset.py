@@ -79,7 +79,7 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
     layout = {name: spec for info in infos for name, spec in info["arrays"].items()}
     total = sum(info["n_jets"] for info in infos)
     n_shards = max(1, math.ceil(total / shard_size))
-    sources = [_PieceSource(d, info, layout, seed, n_shards) for d, info in zip(piece_dirs, infos) if info["n_jets"]]
+    sources = [_reader(d, info, layout, seed, n_shards) for d, info in zip(piece_dirs, infos) if info["n_jets"]]
 
     def shard(index: int) -> dict:
         arrays = _gather(sources, index, layout, np.random.default_rng([seed, _SHARD_ORDER, index]))
@@ -102,41 +102,44 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
             raise
 
 
-class _PieceSource:
-    """The rows each shard takes from one piece, and readers of the piece's arrays."""
-
-    def __init__(self, directory: Path, info: dict, layout: dict, seed: int, n_shards: int) -> None:
-        missing = sorted(set(layout) - set(info["arrays"]))
-        if missing:
-            raise DatasetError(f"piece {directory} lacks the arrays {', '.join(missing)} that other pieces hold; "
-                               f"remove the pieces and make them again")
-        self.bounds = pieces.shard_bounds(seed, Path(directory).name, info["n_jets"], n_shards)
-        try:
-            self.readers = {name: pieces.RowReader(directory, name, info["arrays"][name]) for name in layout}
-        except pieces.PieceError as error:
-            raise DatasetError(f"{error}; remove the pieces and make them again") from None
+def _reader(directory: Path, info: dict, layout: dict, seed: int, n_shards: int) -> pieces.PieceReader:
+    missing = sorted(set(layout) - set(info["arrays"]))
+    if missing:
+        raise DatasetError(f"piece {directory} lacks the arrays {', '.join(missing)} that other pieces hold; "
+                           f"remove the pieces and make them again")
+    try:
+        return pieces.PieceReader(directory, info, seed, n_shards, layout)
+    except pieces.PieceError as error:
+        raise DatasetError(f"{error}; remove the pieces and make them again") from None
 
 
-def _gather(sources: Sequence[_PieceSource], index: int, layout: dict, rng: np.random.Generator) \
+def _gather(sources: Sequence[pieces.PieceReader], index: int, layout: dict, rng: np.random.Generator) \
         -> dict[str, np.ndarray]:
     """Shard ``index``: its block of rows of every piece, in a seeded random order."""
-    sizes = [int(s.bounds[index + 1] - s.bounds[index]) for s in sources]
+    sizes = [source.n_jets(index) for source in sources]
     n = sum(sizes)
     destination = rng.permutation(n)
-    largest = max(sizes, default=0)
     arrays = {}
     for name, spec in layout.items():
-        dtype, row_shape = np.dtype(spec["dtype"]), tuple(spec["shape"][1:])
-        values = np.empty((n, *row_shape), dtype)
-        # one piece's block at a time through a small buffer, scattered to its shuffled rows
-        block = np.empty((largest, *row_shape), dtype)
+        dtype, shape, mask_name = np.dtype(spec["dtype"]), tuple(spec["shape"][1:]), spec.get("packed_by")
+        # a packed array (only the entries its mask keeps) is scattered to its entries' places
+        # in the zero-padded rows: (row, slot) flattened to a row of the (jets * slots, ...) view
+        values = np.zeros((n, *shape), dtype) if mask_name else np.empty((n, *shape), dtype)
+        rows = values.reshape(-1, *shape[1:]) if mask_name else values
+        block = np.empty((max([s.n_rows(name, index) for s in sources], default=0), *rows.shape[1:]), dtype)
         offset = 0
         for source, size in zip(sources, sizes):
+            count = source.n_rows(name, index)
             try:
-                source.readers[name].read(int(source.bounds[index]), int(source.bounds[index + 1]), block[:size])
+                source.read(name, index, block[:count])
+                targets = destination[offset:offset + size]
+                if mask_name:
+                    kept = np.empty((size, shape[0]), bool)
+                    source.read(mask_name, index, kept)
+                    targets = (targets[:, None] * shape[0] + np.arange(shape[0]))[kept]
             except pieces.PieceError as error:
                 raise DatasetError(f"{error}; remove the pieces and make them again") from None
-            values[destination[offset:offset + size]] = block[:size]
+            rows[targets] = block[:count]
             offset += size
         arrays[name] = values
     return arrays

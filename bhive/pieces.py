@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,54 +66,104 @@ def read_info(directory: Path) -> dict | None:
         return json.load(stream)
 
 
-def write_piece(directory: Path, arrays: Mapping[str, np.ndarray], info: dict, seed: int) -> None:
-    """Write arrays, in the order of their shard keys for ``seed``, and info to ``directory``
-    atomically (a temporary directory, then a rename).
+def write_piece(directory: Path, arrays: Mapping[str, np.ndarray], info: dict, seed: int,
+                masks: Mapping[str, str] | None = None) -> None:
+    """Write arrays, their jets in the order of their shard keys for ``seed``, and info to
+    ``directory`` atomically (a temporary directory, then a rename).
 
-    Two workers that process the same chunk write identical pieces; the later rename wins.
+    ``masks`` names, for (jets, slots, ...) arrays padded with zeros, their (jets, slots) mask:
+    such an array is stored packed, only the entries its mask keeps, which for candidate
+    arrays is about half of the padded size. Two workers that process the same chunk write
+    identical pieces; the later rename wins.
     """
+    masks = dict(masks or {})
     n_jets = len(next(iter(arrays.values()))) if arrays else 0
     order = np.argsort(shard_keys(seed, Path(directory).name, n_jets), kind="stable")
     with atomic_directory(directory) as temporary:
-        shapes = {}
+        specs = {}
         for name, values in arrays.items():
-            np.save(temporary / f"{name}.npy", values[order], allow_pickle=False)
-            shapes[name] = {"shape": list(values.shape), "dtype": values.dtype.str}
+            spec = {"shape": list(values.shape), "dtype": values.dtype.str}
+            if name in masks:
+                kept = arrays[masks[name]][order]
+                # entry (jet, slot) of the padded array as a row of its (jets * slots, ...) view
+                entries = (order[:, None] * kept.shape[1] + np.arange(kept.shape[1]))[kept]
+                stored = values.reshape(-1, *values.shape[2:])[entries]
+                spec.update(packed_by=masks[name], entries=len(entries))
+            else:
+                stored = values[order]
+            np.save(temporary / f"{name}.npy", stored, allow_pickle=False)
+            specs[name] = spec
         with open(temporary / INFO_FILE, "w") as stream:
-            json.dump({**info, "arrays": shapes, SHARD_SEED: seed}, stream, sort_keys=True)
+            json.dump({**info, "arrays": specs, SHARD_SEED: seed}, stream, sort_keys=True)
 
 
 def load_array(directory: Path, name: str) -> np.ndarray:
-    """One array of a finished piece, its jets in the order the processor made them (the file
-    holds them in shard-key order)."""
+    """One array of a finished piece as the processor made it: padded, its jets in the
+    processor's order."""
     info = read_info(directory)
+    spec = info["arrays"][name]
     stored = np.load(directory / f"{name}.npy", allow_pickle=False)
+    mask_name = spec.get("packed_by")
+    if mask_name is not None:
+        padded = np.zeros(spec["shape"], stored.dtype)
+        padded[np.load(directory / f"{mask_name}.npy", allow_pickle=False)] = stored
+        stored = padded
     order = np.argsort(shard_keys(info[SHARD_SEED], Path(directory).name, len(stored)), kind="stable")
     made = np.empty_like(stored)
     made[order] = stored
     return made
 
 
-class RowReader:
-    """Reads blocks of rows of one array of a piece straight into a caller's buffer, checking
-    the file against the piece's info first (shape and dtype)."""
+class PieceReader:
+    """The block of rows each shard takes from one piece: its size, and its rows of any array
+    read straight into a caller's buffer. The files are checked against the piece's info
+    (shape and dtype) when the reader is made."""
 
-    def __init__(self, directory: Path, name: str, spec: Mapping) -> None:
-        self.path = Path(directory) / f"{name}.npy"
-        shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+    def __init__(self, directory: Path, info: Mapping, seed: int, n_shards: int, names: Iterable[str]) -> None:
+        self.directory = Path(directory)
+        self.bounds = shard_bounds(seed, self.directory.name, info["n_jets"], n_shards)
+        self.specs = {name: info["arrays"][name] for name in names}
+        self._files, self._entry_bounds = {}, {}
+        for name, spec in self.specs.items():
+            shape, mask_name = spec["shape"], spec.get("packed_by")
+            if mask_name is not None:
+                shape = [spec["entries"], *shape[2:]]
+                entries_per_jet = np.load(self.directory / f"{mask_name}.npy", allow_pickle=False).sum(axis=1)
+                self._entry_bounds[name] = np.concatenate([[0], np.cumsum(entries_per_jet)])[self.bounds]
+            self._files[name] = _ArrayFile(self.directory / f"{name}.npy", shape, np.dtype(spec["dtype"]))
+
+    def n_jets(self, shard: int) -> int:
+        return int(self.bounds[shard + 1] - self.bounds[shard])
+
+    def n_rows(self, name: str, shard: int) -> int:
+        """Rows of ``name`` in the block of ``shard``: jets, or kept entries of a packed array."""
+        bounds = self._entry_bounds.get(name, self.bounds)
+        return int(bounds[shard + 1] - bounds[shard])
+
+    def read(self, name: str, shard: int, out: np.ndarray) -> None:
+        """The rows of ``name`` in the block of ``shard`` into ``out`` (C-contiguous, of their
+        shape and dtype)."""
+        bounds = self._entry_bounds.get(name, self.bounds)
+        self._files[name].read(int(bounds[shard]), int(bounds[shard + 1]), out)
+
+
+class _ArrayFile:
+    """The rows of one ``.npy`` file, read by offset without mapping or loading the file."""
+
+    def __init__(self, path: Path, shape: Sequence[int], dtype: np.dtype) -> None:
+        self.path = path
         try:
-            with open(self.path, "rb") as stream:
+            with open(path, "rb") as stream:
                 version = np.lib.format.read_magic(stream)
                 found = _HEADER_READERS[version](stream)  # (shape, fortran order, dtype)
                 self.offset = stream.tell()
         except (OSError, ValueError, KeyError) as error:
-            raise PieceError(f"piece file {self.path} cannot be read ({error})") from None
-        if found != (shape, False, dtype):
-            raise PieceError(f"piece file {self.path} holds {found[2]} {found[0]}, its info says {dtype} {shape}")
+            raise PieceError(f"piece file {path} cannot be read ({error})") from None
+        if found != (tuple(shape), False, dtype):
+            raise PieceError(f"piece file {path} holds {found[2]} {found[0]}, its info says {dtype} {tuple(shape)}")
         self.row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
-        """Rows ``start:stop`` into ``out`` (C-contiguous, of their shape and dtype)."""
         wanted = (stop - start) * self.row_bytes
         if wanted == 0:
             return

@@ -108,7 +108,8 @@ class JetProcessor(processor.ProcessorABC):
                     f"{source} (entries {metadata['entrystart']}-{metadata['entrystop']}) cannot be processed: "
                     f"{type(error).__name__}: {error}") from error
             info.update(file=source, entry_start=metadata["entrystart"], entry_stop=metadata["entrystop"])
-            pieces.write_piece(directory, arrays, info, self.seed)
+            pieces.write_piece(directory, arrays, info, self.seed,
+                               masks={a: m for a, m in GROUP_ARRAYS.values() if a in arrays})
             info = pieces.read_info(directory)
         return {"pieces": {name: info}}
 
