@@ -19,6 +19,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 from coffea import processor
+from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
 from bhive import expressions, inputs, pieces, reweighting
 from bhive.config import Config
@@ -86,6 +87,11 @@ class JetProcessor(processor.ProcessorABC):
         """
         return self.cfg.branches() | set(self.cfg.reference_branches())
 
+    def read_branches(self, available: Collection[str]) -> set[str]:
+        """The branches :meth:`jet_table` reads from a file with branches ``available``; a
+        flavour that reads some branches only where a file has them adds those."""
+        return self.required_branches(available) & set(available)
+
     # -- common processing ---------------------------------------------------------------
 
     def process(self, events) -> dict:
@@ -96,9 +102,9 @@ class JetProcessor(processor.ProcessorABC):
         info = pieces.read_info(directory)
         if info is None:
             try:
-                arrays, info = self.build(self.jet_table(events), source)
+                arrays, info = self.build(self.jet_table(self._read(events)), source)
             except Exception as error:
-                # the events are read lazily, so damage in the file's baskets surfaces here
+                # the baskets are read here, so damage in them surfaces here
                 damaged = inputs.damaged_file_error(source, error)
                 if damaged is not None:
                     raise damaged from error
@@ -115,6 +121,24 @@ class JetProcessor(processor.ProcessorABC):
 
     def postprocess(self, accumulator):
         return accumulator
+
+    def _read(self, events):
+        """``events`` with the branches :meth:`jet_table` reads loaded in one read of the tree.
+
+        coffea's events read a branch when it is first used, once per buffer (offsets, then
+        values); reading all of them together costs about a fifth less. Events of another
+        source than an open ROOT file are returned as they are.
+        """
+        handle = getattr(events.attrs.get("@events_factory"), "file_handle", None)
+        if handle is None:
+            return events
+        metadata = dict(events.metadata)
+        tree = handle[metadata["treename"]]
+        arrays = _Loaded(tree.arrays(sorted(self.read_branches(events.fields)), entry_start=metadata["entrystart"],
+                                     entry_stop=metadata["entrystop"], how=dict))
+        arrays.metadata = {"uuid": str(tree.file.uuid), "object_path": tree.object_path,
+                           "num_rows": metadata["entrystop"] - metadata["entrystart"]}
+        return NanoEventsFactory.from_preloaded(arrays, schemaclass=BaseSchema, metadata=metadata).events()
 
     def build(self, table: ak.Array, source: str) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and bookkeeping of one chunk's jets (no I/O)."""
@@ -217,6 +241,12 @@ class JetProcessor(processor.ProcessorABC):
         padded[row] = gathered.T
         mask = np.arange(size)[None, :] < kept[:, None]
         return padded.reshape(n_jets, size, len(names)), mask
+
+
+class _Loaded(dict):
+    """Branch name -> array, with the ``metadata`` coffea's preloaded events are made from."""
+
+    metadata: dict
 
 
 def _scalar(columns: dict, name: str, source: str) -> np.ndarray:
