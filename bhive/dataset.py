@@ -67,8 +67,8 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
     ``processes`` shards at a time.
 
     Returns ``[{"name", "n_jets", "files": {file: {"size", "sha256"}}}]`` per shard. Each shard
-    appears complete or not at all; pieces are only read. Memory holds one shard per process
-    and no piece.
+    appears complete or not at all; pieces are only read. Memory holds one shard per merging
+    thread and no piece.
     """
     piece_dirs = sorted(piece_dirs, key=lambda d: Path(d).name)  # the given order does not matter
     infos = [pieces.read_info(d) for d in piece_dirs]

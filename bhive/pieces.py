@@ -12,6 +12,9 @@ order the processor made them. A dataset of ``n`` shards sends the jets with key
 [s/n, (s+1)/n) to shard ``s``; as the number of shards is known only once every piece exists,
 this is what lets each shard read one contiguous block of rows of every piece, whatever the
 executor, the order the pieces were made in and the number of shards.
+
+Zero-padded (jets, slots, ...) arrays with a (jets, slots) mask, the candidate groups, are
+stored packed: only the entries the mask keeps, about half the padded bytes.
 """
 
 from __future__ import annotations
