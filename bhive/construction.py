@@ -98,9 +98,11 @@ def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, re
 
 
 def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, settings: ExecutorSettings,
-                  processor_cls: type, file_processes: dict[str, int] | None = None) -> list[Path]:
+                  processor_cls: type, file_processes: dict[str, int] | None = None, *, seed: int) -> list[Path]:
     """Run ``processor_cls`` (the config's processor plugin) over ``files``; returns the piece
     directories, sorted by name. Pieces that already exist (from an interrupted run) are reused.
+    Each piece holds its jets in the order of their shard keys for the dataset's ``seed``
+    (:mod:`bhive.pieces`), so pieces made for one seed build only that seed's dataset.
     Logs of dask workers started as Slurm jobs go beside ``piece_directory``, to ``dask-jobs/``.
 
     The config's optional groups that the inputs of either split lack are left out
@@ -114,7 +116,7 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
     if file_processes is None:
         cfg = optional_groups.dataset_config(cfg, processor_cls)
         file_processes = check_inputs(cfg, files, processor_cls(cfg, piece_directory, {}))
-    instance = processor_cls(cfg, piece_directory, file_processes)
+    instance = processor_cls(cfg, piece_directory, file_processes, seed)
     piece_directory.mkdir(parents=True, exist_ok=True)
     # retrying only helps against transient network errors; a local file fails the same way again
     retries = 3 if any(inputs.is_remote(f) for f in files) else 0
@@ -136,8 +138,10 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
 
 
 def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, split: str, seed: int,
-                  shard_size: int, dataset_identity: dict, histograms_from: Path | None = None) -> dict:
-    """Merge pieces into shards with weights, plot spectra, and write ``meta.json`` (last)."""
+                  shard_size: int, dataset_identity: dict, histograms_from: Path | None = None,
+                  processes: int = 1) -> dict:
+    """Merge pieces into shards with weights (``processes`` shards at a time), plot spectra,
+    and write ``meta.json`` (last)."""
     from bhive import pieces
 
     infos = [pieces.read_info(d) for d in piece_dirs]
@@ -166,7 +170,8 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     for line in report_lines:
         (logger.warning if line in warnings else logger.info)(line)
 
-    shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt, cfg.bins_eta)
+    shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt, cfg.bins_eta,
+                                  processes)
     plot_paths = plotting.plot_spectra(histograms, reweighting.reweighted_histograms(histograms, weights),
                                        cfg.bins_pt, cfg.bins_eta, labels, directory / "plots")
     closure = _closure_spectra(piece_dirs, weights, cfg)

@@ -10,31 +10,37 @@ and, where the config names an ``event_weight`` branch, ``mc_weight`` (n,) float
 branch's value for the jet (a generator weight, possibly negative). Shards are
 memory-mappable, so a reader never needs a whole dataset in memory.
 
-Shards are built from pieces in two streaming passes, so memory is bounded by one piece plus
-one shard: every jet of every piece is sent to a random shard (seeded), then each shard is
-shuffled (seeded) and written. Every shard therefore mixes all files and processes, and the
-same pieces and seed give byte-identical shards whatever order the pieces were produced in.
+Shards are built from pieces in one streaming pass, so memory is bounded by one shard and no
+piece is ever held whole. Each jet's shard is drawn when its piece is written: a seeded key in
+[0, 1) per jet, a function of the seed, the piece's name (input file, tree and entry range) and
+the jet's row, sends it to shard ``floor(key * n_shards)``, and the piece stores its jets in key
+order (:mod:`bhive.pieces`). A shard then reads one contiguous block of rows from every piece,
+in the order of the piece names, and shuffles them with a generator seeded by the seed and the
+shard's index. Every shard therefore mixes all files and processes, and the same inputs and
+seed give byte-identical shards whatever the executor and whatever order the pieces were
+produced or listed in.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from bhive import pieces, reweighting
-from bhive.store import atomic_directory, atomic_write_json, file_problem, file_record, private_directory, read_json
+from bhive.store import atomic_directory, atomic_write_json, file_problem, read_json
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
 WEIGHT = "weight"
 EVENT_WEIGHT = "mc_weight"
-_BUCKETS = "buckets"
-# Streams of the seeded random generators: which shard a piece's jets go to, and the order
-# within a shard.
-_SHARD_ASSIGNMENT, _SHARD_ORDER = 0, 1
+# stream of the seeded random generator of the order within a shard (pieces draw the shard keys)
+_SHARD_ORDER = 1
 
 
 class DatasetError(ValueError):
@@ -59,62 +65,108 @@ def summed_bin_sums(infos: Sequence[dict], n_labels: int, n_pt: int, n_eta: int)
 
 
 def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_size: int,
-                 weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float]) -> list[dict]:
-    """Stream ``piece_dirs`` (in the given order) into shuffled shards under ``directory``.
+                 weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float],
+                 processes: int = 1) -> list[dict]:
+    """Merge ``piece_dirs`` (written for ``seed``) into shuffled shards under ``directory``,
+    ``processes`` shards at a time.
 
-    Returns ``[{"name", "n_jets", "files": {file: {"size", "sha256"}}}]`` per shard. The
-    per-shard buckets live in a scratch directory private to this run and removed however it
-    ends; each shard appears complete or not at all. Pieces are only read.
+    Returns ``[{"name", "n_jets", "files": {file: {"size", "sha256"}}}]`` per shard. Each shard
+    appears complete or not at all; pieces are only read. Memory holds one shard per merging
+    thread and no piece.
     """
+    piece_dirs = sorted(piece_dirs, key=lambda d: Path(d).name)  # the given order does not matter
     infos = [pieces.read_info(d) for d in piece_dirs]
+    for piece_dir, info in zip(piece_dirs, infos):
+        if info.get(pieces.SHARD_SEED) != seed:
+            raise DatasetError(f"piece {piece_dir} was ordered for seed {info.get(pieces.SHARD_SEED)}, not {seed}; "
+                               f"remove the pieces and make them again with seed {seed}")
     layout = {name: spec for info in infos for name, spec in info["arrays"].items()}
     total = sum(info["n_jets"] for info in infos)
     n_shards = max(1, math.ceil(total / shard_size))
+    sources = [_reader(d, info, layout, seed, n_shards) for d, info in zip(piece_dirs, infos) if info["n_jets"]]
 
-    with private_directory(directory, _BUCKETS) as buckets:
-        bucket_sizes = np.zeros(n_shards, dtype=np.int64)
-        for index, (piece_dir, info) in enumerate(zip(piece_dirs, infos)):
-            n = info["n_jets"]
-            if n == 0:
-                continue
-            destination = np.random.default_rng([seed, _SHARD_ASSIGNMENT, index]).integers(n_shards, size=n)
-            order = np.argsort(destination, kind="stable")
-            bounds = np.searchsorted(destination[order], np.arange(n_shards + 1))
-            bucket_sizes += np.diff(bounds)
-            for name in layout:
-                values = pieces.load_array(piece_dir, name)[order]
-                for shard in range(n_shards):
-                    if bounds[shard + 1] > bounds[shard]:
-                        with open(buckets / f"{shard}.{name}.bin", "ab") as stream:
-                            stream.write(np.ascontiguousarray(values[bounds[shard]:bounds[shard + 1]]).tobytes())
+    def shard(index: int) -> dict:
+        arrays = _gather(sources, index, layout, np.random.default_rng([seed, _SHARD_ORDER, index]))
+        kinematics = arrays["kinematics"]
+        arrays[WEIGHT] = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], arrays["truth"],
+                                                 bins_pt, bins_eta).astype(np.float32)
+        files = _write_shard(directory / shard_name(index), arrays)
+        return {"name": shard_name(index), "n_jets": len(kinematics), "files": files}
 
-        shards = []
-        for shard in range(n_shards):
-            arrays = {}
-            n = bucket_sizes[shard]
-            for name, spec in layout.items():
-                path = buckets / f"{shard}.{name}.bin"
-                dtype = np.dtype(spec["dtype"])
-                flat = np.fromfile(path, dtype=dtype) if path.exists() else np.zeros(0, dtype)
-                arrays[name] = flat.reshape(n, *spec["shape"][1:])
-            permutation = np.random.default_rng([seed, _SHARD_ORDER, shard]).permutation(n)
-            arrays = {name: values[permutation] for name, values in arrays.items()}
-            kinematics = arrays["kinematics"]
-            arrays[WEIGHT] = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], arrays["truth"],
-                                                     bins_pt, bins_eta).astype(np.float32)
-            files = _write_shard(directory / shard_name(shard), arrays)
-            for name in layout:
-                (buckets / f"{shard}.{name}.bin").unlink(missing_ok=True)
-            shards.append({"name": shard_name(shard), "n_jets": int(n), "files": files})
-    return shards
+    if processes <= 1:
+        return [shard(index) for index in range(n_shards)]
+    # the work is in file reads, numpy copies and hashing, which release the GIL
+    with ThreadPoolExecutor(processes) as pool:
+        futures = [pool.submit(shard, index) for index in range(n_shards)]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _reader(directory: Path, info: dict, layout: dict, seed: int, n_shards: int) -> pieces.PieceReader:
+    missing = sorted(set(layout) - set(info["arrays"]))
+    if missing:
+        raise DatasetError(f"piece {directory} lacks the arrays {', '.join(missing)} that other pieces hold; "
+                           f"remove the pieces and make them again")
+    try:
+        return pieces.PieceReader(directory, info, seed, n_shards, layout)
+    except pieces.PieceError as error:
+        raise DatasetError(f"{error}; remove the pieces and make them again") from None
+
+
+def _gather(sources: Sequence[pieces.PieceReader], index: int, layout: dict, rng: np.random.Generator) \
+        -> dict[str, np.ndarray]:
+    """Shard ``index``: its block of rows of every piece, in a seeded random order."""
+    sizes = [source.n_jets(index) for source in sources]
+    n = sum(sizes)
+    destination = rng.permutation(n)
+    arrays = {}
+    for name, spec in layout.items():
+        dtype, shape, mask_name = np.dtype(spec["dtype"]), tuple(spec["shape"][1:]), spec.get("packed_by")
+        # a packed array (only the entries its mask keeps) is scattered to its entries' places
+        # in the zero-padded rows: (row, slot) flattened to a row of the (jets * slots, ...) view
+        values = np.zeros((n, *shape), dtype) if mask_name else np.empty((n, *shape), dtype)
+        rows = values.reshape(-1, *shape[1:]) if mask_name else values
+        block = np.empty((max([s.n_rows(name, index) for s in sources], default=0), *rows.shape[1:]), dtype)
+        offset = 0
+        for source, size in zip(sources, sizes):
+            count = source.n_rows(name, index)
+            try:
+                source.read(name, index, block[:count])
+                targets = destination[offset:offset + size]
+                if mask_name:
+                    kept = np.empty((size, shape[0]), bool)
+                    source.read(mask_name, index, kept)
+                    targets = (targets[:, None] * shape[0] + np.arange(shape[0]))[kept]
+            except pieces.PieceError as error:
+                raise DatasetError(f"{error}; remove the pieces and make them again") from None
+            rows[targets] = block[:count]
+            offset += size
+        arrays[name] = values
+    return arrays
 
 
 def _write_shard(directory: Path, arrays: dict[str, np.ndarray]) -> dict[str, dict]:
     """Write one shard atomically; returns its files with size and sha256."""
     with atomic_directory(directory) as temporary:
-        for name, values in arrays.items():
-            np.save(temporary / f"{name}.npy", values, allow_pickle=False)
-        return {path.name: file_record(path) for path in sorted(temporary.glob("*.npy"))}
+        return {f"{name}.npy": _save(temporary / f"{name}.npy", arrays[name]) for name in sorted(arrays)}
+
+
+def _save(path: Path, values: np.ndarray) -> dict:
+    """``np.save`` of a C-contiguous array, hashing the bytes as they are written rather than
+    reading the file back; returns its size and sha256 as :func:`bhive.store.file_record` does."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(values))
+    digest = hashlib.sha256(header.getvalue())
+    data = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+    digest.update(data)
+    with open(path, "wb") as stream:
+        stream.write(header.getvalue())
+        stream.write(data)
+    return {"size": len(header.getvalue()) + data.nbytes, "sha256": digest.hexdigest()}
 
 
 def check_shards(directory: Path, verify: bool = False) -> None:

@@ -107,6 +107,11 @@ class NanoAODProcessor(JetProcessor):
             required |= {"Jet_eta", "Jet_phi", f"{prefix}eta", f"{prefix}phi", f"{prefix}{collection.sort_field}"}
         return required
 
+    def read_branches(self, available: Collection[str]) -> set[str]:
+        # the links to SVs and PF candidates are read where a file has them
+        links = {*SV_INDEX_BRANCHES, *PF_ASSOCIATION_BRANCHES}
+        return (self.required_branches(available) | links) & set(available)
+
     def jet_table(self, events) -> ak.Array:
         source = events.metadata.get("filename", "")
         branches, owned = _by_collection(self.config_branches())

@@ -102,7 +102,8 @@ class DatasetPiecesTask(DatasetTask, BatchWorkflow):
 
     def run(self):
         piece_dirs = construction.process_files(self.cfg, self.branch_data, self.pieces_directory() / PIECES_DIRECTORY,
-                                                self.executor_settings(), processor_class(self.cfg.processor))
+                                                self.executor_settings(), processor_class(self.cfg.processor),
+                                                seed=self.seed)
         atomic_write_json(Path(self.output().path), {"files": list(self.branch_data),
                                                      "pieces": [p.name for p in piece_dirs]})
 
@@ -141,7 +142,7 @@ class DatasetConstructionTask(DatasetTask):
         construction.build_dataset(
             self.cfg, [pieces_directory / PIECES_DIRECTORY / n for n in sorted(names)], self.output_directory(),
             split=self.split, seed=self.seed, shard_size=self.shard_size, dataset_identity=self.identity(),
-            histograms_from=histograms_from)
+            histograms_from=histograms_from, processes=self.processes)
         if not self.keep_pieces:
             # with its branch outputs, so that a later rebuild makes the pieces again
             shutil.rmtree(pieces_directory, ignore_errors=True)

@@ -35,7 +35,7 @@ def build(unit, name="out", executor="iterative", processes=1, chunk_size=300, s
     files = inputs.resolve_files(cfg.samples.train, "train")
     work = unit["tmp"] / name
     settings = construction.ExecutorSettings(executor=executor, processes=processes, chunk_size=chunk_size)
-    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings, DeepNtupleProcessor)
+    piece_dirs = construction.process_files(cfg, files, work / "pieces", settings, DeepNtupleProcessor, seed=seed)
     identity = {"test": name}
     meta = construction.build_dataset(cfg, piece_dirs, work / "dataset", split="train", seed=seed,
                                       shard_size=shard_size, dataset_identity=identity,
@@ -141,6 +141,28 @@ def test_same_inputs_and_seed_give_identical_shards_with_any_executor(unit):
     assert shard_digest(other_dir, other) != shard_digest(first_dir, first)
 
 
+def test_shards_do_not_depend_on_how_they_are_merged(unit):
+    cfg = unit["cfg"]
+    directory, meta = build(unit, "a")
+    piece_dirs = sorted((unit["tmp"] / "a" / "pieces").iterdir())
+    weights = np.asarray(meta["weights"])
+    # pieces listed in another order, merged by two threads
+    shards = dataset.write_shards(piece_dirs[::-1], unit["tmp"] / "again", 3, 400, weights, cfg.bins_pt,
+                                  cfg.bins_eta, processes=2)
+    assert shards == meta["shards"]
+    with pytest.raises(dataset.DatasetError, match="was ordered for seed 3, not 4; remove the pieces"):
+        dataset.write_shards(piece_dirs, unit["tmp"] / "other", 4, 400, weights, cfg.bins_pt, cfg.bins_eta)
+
+
+def test_pieces_store_padded_candidates_packed(unit):
+    build(unit, "a")
+    piece = sorted((unit["tmp"] / "a" / "pieces").iterdir())[0]
+    info = pieces.read_info(piece)
+    cpf, mask = pieces.load_array(piece, "cpf"), pieces.load_array(piece, "mask_cpf")
+    assert info["arrays"]["cpf"]["packed_by"] == "mask_cpf" and cpf.shape == tuple(info["arrays"]["cpf"]["shape"])
+    assert np.load(piece / "cpf.npy").shape == (mask.sum(), cpf.shape[2]) and not cpf[~mask].any()
+
+
 def test_dask_executor_on_a_local_cluster_gives_the_same_shards(unit):
     reference_dir, reference = build(unit, "iterative", executor="iterative")
     dask_dir, dask_meta = build(unit, "dask", executor="dask", processes=2)
@@ -165,11 +187,11 @@ def test_interrupted_processing_reuses_finished_pieces(unit):
     files = inputs.resolve_files(cfg.samples.train, "train")
     settings = construction.ExecutorSettings(executor="iterative", chunk_size=300)
     directory = unit["tmp"] / "pieces"
-    first = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor)
+    first = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor, seed=3)
     kept = {p: (p / "global.npy").stat().st_mtime_ns for p in first[1:]}
     import shutil
     shutil.rmtree(first[0])
-    second = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor)
+    second = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor, seed=3)
     assert second == first
     assert all((p / "global.npy").stat().st_mtime_ns == t for p, t in kept.items())
 

@@ -304,7 +304,7 @@ def test_a_damaged_basket_read_by_worker_processes_names_the_file(healthy, tmp_p
     settings = construction.ExecutorSettings(executor="futures", processes=2, chunk_size=100)
     with pytest.raises(inputs.InputFileError) as raised:
         construction.process_files(load_config("nanoaod_ak4"), [str(path)], tmp_path / "pieces", settings,
-                                   NanoAODProcessor, file_processes={str(path): 0})
+                                   NanoAODProcessor, file_processes={str(path): 0}, seed=1)
     assert str(raised.value).startswith(
         f"truncated or corrupt ROOT file: {path} (expected {size} bytes at offset {offset} for basket 0 of branch "
         f"'Jet_pt': zlib.error: ")

@@ -336,7 +336,7 @@ def test_process_writes_a_piece_with_the_documented_shapes(files, btv_cfg, tmp_p
     proc = NanoAODProcessor(cfg, piece_directory=tmp_path, file_processes={str(path): 0})
     output = run(path, proc)
     (name, info), = output["pieces"].items()
-    arrays = {key: pieces.load_array(tmp_path / name, key, mmap=False) for key in info["arrays"]}
+    arrays = {key: pieces.load_array(tmp_path / name, key) for key in info["arrays"]}
 
     events = read_events(path)
     jets = [(event, j) for event in events for j in range(len(event["Jet_pt"]))]

@@ -20,7 +20,7 @@ N_EVENTS = 120
 def build_split(cfg, split, work):
     """Dataset construction of one split of ``cfg``, as the tasks do it; returns (meta, arrays)."""
     files = inputs.resolve_files(getattr(cfg.samples, split), f"samples.{split}")
-    piece_dirs = construction.process_files(cfg, files, work / split / "pieces", SETTINGS, NanoAODProcessor)
+    piece_dirs = construction.process_files(cfg, files, work / split / "pieces", SETTINGS, NanoAODProcessor, seed=1)
     directory = work / split / "dataset"
     meta = construction.build_dataset(cfg, piece_dirs, directory, split=split, seed=1, shard_size=10**6,
                                       dataset_identity={"split": split})
@@ -114,9 +114,10 @@ def test_pieces_holding_other_groups_are_refused(tmp_path, skimmed):
     file_processes = {str(path): 0 for path in skimmed["train"]}
     # the pieces of two runs that saw different inputs: one kept vtx, the other did not
     with_vtx = construction.process_files(cfg, [str(skimmed["train"][0])], tmp_path / "pieces", SETTINGS,
-                                          NanoAODProcessor, file_processes)
+                                          NanoAODProcessor, file_processes, seed=1)
     without_vtx = construction.process_files(cfg.without_groups(["vtx"]), [str(skimmed["train"][1])],
-                                             tmp_path / "pieces", SETTINGS, NanoAODProcessor, file_processes)
+                                             tmp_path / "pieces", SETTINGS, NanoAODProcessor, file_processes,
+                                             seed=1)
     with pytest.raises(dataset.DatasetError, match=r"the pieces hold different candidate groups \(cpf / cpf, vtx\)"):
         construction.build_dataset(cfg, with_vtx + without_vtx, tmp_path / "dataset", split="train", seed=1,
                                    shard_size=1000, dataset_identity={})

@@ -261,7 +261,7 @@ class _FillingUp:
         self.stream.close()
 
 
-def test_a_full_disk_while_bucketing_leaves_nothing_behind(config_dir, store, monkeypatch):  # noqa: F811
+def test_a_full_disk_while_writing_shards_leaves_nothing_behind(config_dir, store, monkeypatch):  # noqa: F811
     assert build(dataset_task(keep_pieces=True))  # the pieces, to build the shards from
     task = dataset_task(keep_pieces=True)
     output = task.output_directory()
@@ -269,14 +269,14 @@ def test_a_full_disk_while_bucketing_leaves_nothing_behind(config_dir, store, mo
     pieces_dir = pieces_task.pieces_directory() / "pieces"
     piece_dirs = sorted(pieces_dir.iterdir())
     meta = dataset.load_meta(output)
-    budget = [300_000]  # bytes of buckets the "disk" takes
+    budget = [50_000]  # bytes the "disk" takes: less than the first shard
     monkeypatch.setattr(dataset, "open", lambda path, mode="r": _FillingUp(open(path, mode), budget), raising=False)
     target = output.parent / "again"
     with pytest.raises(StoreError, match=f"no space left while writing {target}"):
-        dataset.write_shards(piece_dirs, target, seed=1, shard_size=120, weights=np.asarray(meta["weights"]),
+        dataset.write_shards(piece_dirs, target, seed=task.seed, shard_size=120, weights=np.asarray(meta["weights"]),
                              bins_pt=meta["bins_pt"], bins_eta=meta["bins_eta"])
-    assert budget[0] < 300_000, "the buckets were being written when the disk filled up"
-    assert list(target.iterdir()) == [], "no buckets and no half-written shards are left"
+    assert budget[0] < 50_000, "the first shard was being written when the disk filled up"
+    assert list(target.iterdir()) == [], "no half-written shard is left"
 
 
 FULL_DISK = textwrap.dedent("""

@@ -23,7 +23,7 @@ def tiny_dataset(root: Path, monkeypatch, n_jets: int = 1500, shard_size: int = 
     cfg = load_config("unit")
     files = inputs.resolve_files(cfg.samples.train, "train")
     settings = construction.ExecutorSettings(executor="iterative", chunk_size=100_000)
-    pieces = construction.process_files(cfg, files, root / "pieces", settings, DeepNtupleProcessor)
+    pieces = construction.process_files(cfg, files, root / "pieces", settings, DeepNtupleProcessor, seed=5)
     directory = root / "dataset"
     construction.build_dataset(cfg, pieces, directory, split="train", seed=5, shard_size=shard_size,
                                dataset_identity={"test": True})

@@ -19,6 +19,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 from coffea import processor
+from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
 from bhive import expressions, inputs, pieces, reweighting
 from bhive.dataset import EVENT_WEIGHT
@@ -50,16 +51,21 @@ class JetProcessor(processor.ProcessorABC):
         where pieces are written; must be reachable from every worker.
     file_processes:
         process index of every input file, keyed by the file name as the executor sees it.
+    seed:
+        the dataset's seed, which orders each piece's jets by their shard keys
+        (:mod:`bhive.pieces`).
     """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         PROCESSORS.add(cls)
 
-    def __init__(self, cfg: Config, piece_directory: str | Path, file_processes: dict[str, int]) -> None:
+    def __init__(self, cfg: Config, piece_directory: str | Path, file_processes: dict[str, int],
+                 seed: int = 0) -> None:
         self.cfg = cfg
         self.piece_directory = str(piece_directory)
         self.file_processes = dict(file_processes)
+        self.seed = seed
 
     # -- what subclasses provide ---------------------------------------------------------
 
@@ -82,6 +88,11 @@ class JetProcessor(processor.ProcessorABC):
         """
         return self.cfg.branches() | set(self.cfg.reference_branches())
 
+    def read_branches(self, available: Collection[str]) -> set[str]:
+        """The branches :meth:`jet_table` reads from a file with branches ``available``; a
+        flavour that reads some branches only where a file has them adds those."""
+        return self.required_branches(available) & set(available)
+
     # -- common processing ---------------------------------------------------------------
 
     def process(self, events) -> dict:
@@ -92,9 +103,9 @@ class JetProcessor(processor.ProcessorABC):
         info = pieces.read_info(directory)
         if info is None:
             try:
-                arrays, info = self.build(self.jet_table(events), source)
+                arrays, info = self.build(self.jet_table(self._read(events)), source)
             except Exception as error:
-                # the events are read lazily, so damage in the file's baskets surfaces here
+                # the baskets are read here, so damage in them surfaces here
                 damaged = inputs.damaged_file_error(source, error)
                 if damaged is not None:
                     raise damaged from error
@@ -104,12 +115,31 @@ class JetProcessor(processor.ProcessorABC):
                     f"{source} (entries {metadata['entrystart']}-{metadata['entrystop']}) cannot be processed: "
                     f"{type(error).__name__}: {error}") from error
             info.update(file=source, entry_start=metadata["entrystart"], entry_stop=metadata["entrystop"])
-            pieces.write_piece(directory, arrays, info)
+            pieces.write_piece(directory, arrays, info, self.seed,
+                               masks={a: m for a, m in GROUP_ARRAYS.values() if a in arrays})
             info = pieces.read_info(directory)
         return {"pieces": {name: info}}
 
     def postprocess(self, accumulator):
         return accumulator
+
+    def _read(self, events):
+        """``events`` with the branches :meth:`jet_table` reads loaded in one read of the tree.
+
+        coffea's events read a branch when it is first used, once per buffer (offsets, then
+        values); reading all of them together costs about a fifth less. Events of another
+        source than an open ROOT file are returned as they are.
+        """
+        handle = getattr(events.attrs.get("@events_factory"), "file_handle", None)
+        if handle is None:
+            return events
+        metadata = dict(events.metadata)
+        tree = handle[metadata["treename"]]
+        arrays = _Loaded(tree.arrays(sorted(self.read_branches(events.fields)), entry_start=metadata["entrystart"],
+                                     entry_stop=metadata["entrystop"], how=dict))
+        arrays.metadata = {"uuid": str(tree.file.uuid), "object_path": tree.object_path,
+                           "num_rows": metadata["entrystop"] - metadata["entrystart"]}
+        return NanoEventsFactory.from_preloaded(arrays, schemaclass=BaseSchema, metadata=metadata).events()
 
     def build(self, table: ak.Array, source: str) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and bookkeeping of one chunk's jets (no I/O)."""
@@ -186,7 +216,7 @@ class JetProcessor(processor.ProcessorABC):
         """Zero-padded (jets, n_candidates, features) array and its (jets, n_candidates) mask."""
         names = [*group.features, *group.custom_features]
         n_jets, size = int(selected.sum()), group.n_candidates
-        counts, values = None, []
+        counts, flat = None, []
         for name in names:
             jagged = columns[name]
             if jagged.ndim != 2:
@@ -198,17 +228,29 @@ class JetProcessor(processor.ProcessorABC):
             elif not np.array_equal(lengths, counts):
                 raise ProcessorError(f"{source}: candidate features '{names[0]}' and '{name}' of group {group.name} "
                                      f"have different numbers of entries per jet; they must come from one collection")
-            values.append(ak.to_numpy(ak.flatten(jagged)))
-        # Work on the flat candidate buffers of all jets, then keep the selected jets' first
-        # `size` candidates: one scatter of whole rows instead of a jagged selection per feature.
-        slot = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        jet_row = np.repeat(np.cumsum(selected) - 1, counts)
-        keep = np.repeat(selected, counts) & (slot < size)
-        out = np.zeros((n_jets, size, len(names)), dtype=np.float32)
-        out[jet_row[keep], slot[keep]] = np.stack(values, axis=1)[keep]
-        counts = counts[selected]
-        mask = np.arange(size)[None, :] < np.minimum(counts, size)[:, None]
-        return out, mask
+            flat.append(ak.to_numpy(ak.flatten(jagged)))
+        # Index arithmetic on the offsets: for each candidate that is kept (a selected jet's
+        # first `size`), where it is in the flat buffers and which row of the padded
+        # (jets * size, features) array it fills. One gather per feature into a feature-major
+        # block, then one scatter of whole rows: numpy's fast paths, with no jagged selection.
+        kept = np.minimum(counts[selected], size)
+        n_kept = int(kept.sum())
+        within = np.arange(n_kept) - np.repeat(np.cumsum(kept) - kept, kept)
+        origin = np.repeat((np.cumsum(counts) - counts)[selected], kept) + within
+        row = np.repeat(np.arange(n_jets) * size, kept) + within
+        gathered = np.empty((len(names), n_kept), dtype=np.float32)
+        for values, out in zip(flat, gathered):
+            np.take(values.astype(np.float32, copy=False), origin, out=out)
+        padded = np.zeros((n_jets * size, len(names)), dtype=np.float32)
+        padded[row] = gathered.T
+        mask = np.arange(size)[None, :] < kept[:, None]
+        return padded.reshape(n_jets, size, len(names)), mask
+
+
+class _Loaded(dict):
+    """Branch name -> array, with the ``metadata`` coffea's preloaded events are made from."""
+
+    metadata: dict
 
 
 def _scalar(columns: dict, name: str, source: str) -> np.ndarray:
