@@ -7,11 +7,19 @@ of 100 units, ReLU and dropout 0.1 throughout. Groups the dataset does not have 
 neutral candidates of HLT ntuples, where one collection holds all candidates) are skipped.
 The LSTMs read each sequence from its last entry to its first, as the original does, so
 that the leading candidates (stored first) shape the final state most.
+
+On CPUs the LSTM, most of the time, skips what every jet computes alike: a jet's padded
+entries after its last real one are zeros, read first, and take every such jet from the
+same initial state through the same states. Jets are read in a few groups of similar
+length, each starting from the state its common zero entries lead to (computed once, for one
+jet), so the LSTM reads about as many entries as the jets have instead of the padded length;
+the final states are the full sequence's up to float rounding.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.base import InputSpec
@@ -25,6 +33,11 @@ PUBLISHED = {
 }
 
 
+#: jets per LSTM call at least, and calls at most, when the LSTM reads jets grouped by length
+MIN_GROUP_SIZE = 256
+MAX_GROUPS = 4
+
+
 class _CandidateBranch(nn.Module):
     def __init__(self, n_features: int, filters: tuple[int, ...], lstm: int, dropout: float) -> None:
         super().__init__()
@@ -36,10 +49,46 @@ class _CandidateBranch(nn.Module):
         self.lstm = nn.LSTM(width, lstm, batch_first=True)
 
     def forward(self, candidates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        features = self.convolutions(candidates.transpose(1, 2)).transpose(1, 2)
+        # The 1x1 convolutions are matrix products on the candidates as they are stored,
+        # (B, P, F): no transposes to (B, F, P) and back, and jets stay first for dropout
+        # (data-parallel training on CPUs replaces it by one that slices the batch dimension).
+        features = candidates
+        for layer in self.convolutions:
+            features = F.linear(features, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv1d) \
+                else layer(features)
         features = features * mask.unsqueeze(-1).to(features.dtype)
-        _, (state, _) = self.lstm(torch.flip(features, dims=[1]))
-        return state[-1]
+        n_groups = min(MAX_GROUPS, len(features) // MIN_GROUP_SIZE)
+        # grouping depends on the values, which a traced or compiled graph would freeze; on
+        # GPUs an LSTM step costs the same for fewer jets, so one call is quickest
+        if features.device.type != "cpu" or n_groups < 2 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            _, (state, _) = self.lstm(torch.flip(features, dims=[1]))
+            return state[-1]
+        return self._final_states_by_length(features, mask, n_groups)
+
+    def _state_after_zeros(self, n_steps: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The LSTM's state (h, c) after ``n_steps`` zero inputs from the zero state, for one jet."""
+        if n_steps == 0:
+            return None
+        _, state = self.lstm(like.new_zeros(1, n_steps, like.shape[-1]))
+        return state
+
+    def _final_states_by_length(self, features: torch.Tensor, mask: torch.Tensor, n_groups: int) -> torch.Tensor:
+        """The LSTM's final hidden state of every jet reading ``features`` (zero where padded)
+        from its last entry to its first, in ``n_groups`` LSTM calls over jets of similar length."""
+        n_entries = features.shape[1]
+        # entries up to the last real one; those after it are zeros, read first
+        positions = torch.arange(1, n_entries + 1, device=mask.device)
+        lengths = (mask * positions).amax(dim=1)
+        order = lengths.argsort(descending=True)
+        states = []
+        for group in order.chunk(n_groups):
+            longest = max(1, int(lengths[group[0]]))
+            initial = self._state_after_zeros(n_entries - longest, features)
+            if initial is not None:
+                initial = tuple(s.expand(-1, len(group), -1).contiguous() for s in initial)
+            _, (state, _) = self.lstm(features[group, :longest].flip(1), initial)
+            states.append(state[-1])
+        return torch.cat(states)[order.argsort()]
 
 
 class DeepJet(TorchModel):

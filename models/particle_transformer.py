@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import InputSpec, ModelError
-from models.layers import dense_head
+from models.layers import apply_pointwise, dense_head
 from models.torch_model import TorchModel
 
 FOUR_VECTOR_KEYS = ("pt", "eta", "phi", "energy", "mass")
@@ -149,7 +149,9 @@ def pair_features(pt: torch.Tensor, eta: torch.Tensor, phi: torch.Tensor, mask: 
 
 
 class PairEmbedding(nn.Module):
-    """1x1 convolutions on the pair features: (B, 4, P, P) -> one attention bias per head (B, H, P, P)."""
+    """1x1 convolutions on the pair features: (B, 4, P, P) -> one attention bias per head (B, H, P, P).
+
+    Run as matrix products on channels-first pairs (see :mod:`models.layers`)."""
 
     def __init__(self, channels: Sequence[int], n_heads: int) -> None:
         super().__init__()
@@ -162,9 +164,7 @@ class PairEmbedding(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        n_points = features.shape[-1]
-        bias = self.layers(features.flatten(2))
-        return bias.view(-1, bias.shape[1], n_points, n_points)
+        return apply_pointwise(self.layers, features.transpose(0, 1)).transpose(0, 1)
 
 
 class ParticleEmbedding(nn.Module):
@@ -184,7 +184,13 @@ class ParticleEmbedding(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention with a key padding mask, an optional additive bias per head, and a
-    learned scale per head (NormFormer)."""
+    learned scale per head (NormFormer).
+
+    The query, key and value projections of the same tokens are one matrix product. Without
+    dropout on the attention weights (evaluation, class attention) the attention itself is
+    PyTorch's fused ``scaled_dot_product_attention``; with it, the weights go through the
+    dropout module as published, which the training loop can replace (data-parallel training
+    on CPUs draws each whole batch's masks in every process)."""
 
     def __init__(self, width: int, n_heads: int, dropout: float) -> None:
         super().__init__()
@@ -199,17 +205,38 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], self.n_heads, self.head_width).transpose(1, 2)
 
+    def _projections(self, queries: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
+        """Queries, keys and values (B, H, T, head width each)."""
+        layers = [self.query, self.key, self.value]
+        if queries is not context:
+            layers = layers[1:]
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = torch.cat([layer.bias for layer in layers])
+        projected = F.linear(context, weight, bias).chunk(len(layers), dim=-1)
+        if queries is not context:
+            projected = (self.query(queries), *projected)
+        return [self._heads(x) for x in projected]
+
     def forward(self, queries: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = self._heads(self.query(queries)), self._heads(self.key(context)), self._heads(self.value(context))
-        logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_width)
-        if bias is not None:
-            logits = logits + bias
+        q, k, v = self._projections(queries, context)
+        padded = ~key_mask[:, None, None, :]
         # The most negative finite value, not -inf: a jet without any real key gets uniform
         # weights instead of NaN.
-        logits = logits.masked_fill(~key_mask[:, None, None, :], torch.finfo(logits.dtype).min)
-        weights = self.dropout(torch.softmax(logits, dim=-1))
-        heads = torch.matmul(weights, v) * self.head_scale.view(1, -1, 1, 1)
+        if self.training and self.dropout.p > 0:
+            logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_width)
+            if bias is not None:
+                logits = logits + bias
+            logits = logits.masked_fill(padded, torch.finfo(logits.dtype).min)
+            heads = torch.matmul(self.dropout(torch.softmax(logits, dim=-1)), v)
+        else:
+            # PyTorch's kernels add the mask to the logits in float32 for half-precision inputs
+            # too (tests/test_fast_layers.py checks it on CPUs), so the sum does not overflow
+            if bias is None:
+                bias = torch.zeros(padded.shape, dtype=q.dtype, device=q.device)
+            logit_bias = bias.to(q.dtype).masked_fill(padded, torch.finfo(q.dtype).min)
+            heads = F.scaled_dot_product_attention(q, k, v, attn_mask=logit_bias)
+        heads = heads * self.head_scale.view(1, -1, 1, 1)
         return self.output(heads.transpose(1, 2).flatten(2))
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from models.base import InputSpec, ModelError
-from models.layers import dense_head
+from models.layers import apply_pointwise, dense_head, pointwise, pointwise_weights, uses_running_statistics
 from models.torch_model import TorchModel
 
 CANDIDATE_GROUPS = ("cpf", "npf", "vtx")
@@ -51,26 +51,34 @@ def nearest_neighbours(points: torch.Tensor, k: int) -> torch.Tensor:
     return closeness.topk(k, dim=-1).indices
 
 
-def edge_features(features: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
-    """EdgeConv inputs (B, 2C, P, k): each point's features and their difference to each neighbour."""
-    n_channels, n_points, k = features.shape[1], features.shape[2], neighbours.shape[2]
-    by_point = features.transpose(1, 2)  # (B, P, C)
-    index = neighbours.flatten(1).unsqueeze(-1).expand(-1, -1, n_channels)
-    neighbour = torch.gather(by_point, 1, index).view(-1, n_points, k, n_channels).permute(0, 3, 1, 2)
-    centre = features.unsqueeze(-1).expand(-1, -1, -1, k)
-    return torch.cat([centre, neighbour - centre], dim=1)
+def gather_neighbours(values: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """Each point's neighbours' entries (C, B, P, k) of channels-first ``values`` (C, B, P)."""
+    n_jets, n_points, k = neighbours.shape
+    # one index into the jets' points laid end to end: index_select, whose gradient is an
+    # index_add, instead of a gather over an expanded index
+    offsets = torch.arange(n_jets, device=neighbours.device).view(-1, 1, 1) * n_points
+    rows = (neighbours + offsets).flatten()
+    return values.reshape(len(values), -1).index_select(1, rows).view(len(values), n_jets, n_points, k)
 
 
 class EdgeConvBlock(nn.Module):
     """One EdgeConv block: a kNN graph, a shared MLP on every edge, the mean over edges, and
-    a shortcut from the block's input."""
+    a shortcut from the block's input. Points and features are channels first: (D, B, P) and
+    (C, B, P) (see :mod:`models.layers`).
+
+    The MLP's first 1x1 convolution maps the edge (x_i, x_j - x_i) to W_c x_i + W_d (x_j - x_i)
+    = (W_c - W_d) x_i + W_d x_j: both terms are computed once per point and only added per
+    edge, instead of building and convolving the edge tensor, k times the points' size. The
+    BatchNorm after it sees the same per-edge values. The layers keep the published modules
+    (1x1 convolutions, BatchNorm, ReLU), so their parameters keep their names and shapes."""
 
     def __init__(self, k: int, in_channels: int, channels: Sequence[int]) -> None:
         super().__init__()
         self.k = k
         layers, width = [], 2 * in_channels
         for size in channels:
-            layers += [nn.Conv2d(width, size, kernel_size=1, bias=False), nn.BatchNorm2d(size), nn.ReLU()]
+            # BatchNorm1d: it normalises (1, channels, edges); its parameters and buffers are BatchNorm2d's
+            layers += [nn.Conv2d(width, size, kernel_size=1, bias=False), nn.BatchNorm1d(size), nn.ReLU()]
             width = size
         self.edge_mlp = nn.Sequential(*layers)
         if in_channels == width:
@@ -80,14 +88,25 @@ class EdgeConvBlock(nn.Module):
                                           nn.BatchNorm1d(width))
         self.activation = nn.ReLU()
 
+    def first_layer(self, features: torch.Tensor, neighbours: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The first convolution's output on every edge (C1, B, P, k), and whether the
+        BatchNorm after it is folded in already (it is when it uses its running statistics)."""
+        conv, norm = self.edge_mlp[0], self.edge_mlp[1]
+        weight, shift = pointwise_weights(conv, norm)
+        on_centre, on_difference = weight.split(len(features), dim=1)
+        centre = pointwise(features, on_centre - on_difference, shift)
+        edges = gather_neighbours(pointwise(features, on_difference), neighbours) + centre.unsqueeze(-1)
+        return edges, uses_running_statistics(norm)
+
     def forward(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        neighbours = nearest_neighbours(points, self.k)
-        edges = self.edge_mlp(edge_features(features, neighbours))
-        return self.activation(self.shortcut(features) + edges.mean(dim=-1))
+        neighbours = nearest_neighbours(points.transpose(0, 1), self.k)
+        edges, folded = self.first_layer(features, neighbours)
+        edges = apply_pointwise(self.edge_mlp[2 if folded else 1:], edges)
+        return self.activation(apply_pointwise(self.shortcut, features) + edges.mean(dim=-1))
 
 
 class CandidateEmbedding(nn.Module):
-    """Per-candidate 1x1 convolution of one group to a common width (B, C, P) -> (B, width, P)."""
+    """Per-candidate 1x1 convolution of one group to a common width (C, B, P) -> (width, B, P)."""
 
     def __init__(self, in_channels: int, width: int) -> None:
         super().__init__()
@@ -95,12 +114,12 @@ class CandidateEmbedding(nn.Module):
                                     nn.BatchNorm1d(width), nn.ReLU())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features)
+        return apply_pointwise(self.layers, features)
 
 
 def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Average of (B, C, P) over the real points of mask (B, 1, P); zero for a jet without any."""
-    return (features * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
+    """Average (B, C) of (C, B, P) over the real points of mask (1, B, P); zero for a jet without any."""
+    return ((features * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)).t()
 
 
 class ParticleNet(TorchModel):
@@ -184,13 +203,14 @@ class ParticleNet(TorchModel):
         self.head = dense_head(width, fc, spec.n_classes, dropout)
 
     def _points(self, batch: dict[str, torch.Tensor], group: str) -> torch.Tensor:
-        return torch.stack([self.raw_column(batch, group, name) for name in self.coordinates[group]], dim=1)
+        return torch.stack([self.raw_column(batch, group, name) for name in self.coordinates[group]])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        # channels first throughout, (C, B, P) (see models.layers)
         points, features, masks = [], [], []
         for group in self.graph_groups:
-            mask = batch[f"mask_{group}"].unsqueeze(1).to(batch[group].dtype)  # (B, 1, P)
-            candidates = batch[group].transpose(1, 2) * mask
+            mask = batch[f"mask_{group}"].unsqueeze(0).to(batch[group].dtype)  # (1, B, P)
+            candidates = batch[group].permute(2, 0, 1) * mask
             if group in self.graph_embeddings:
                 candidates = self.graph_embeddings[group](candidates) * mask
             points.append(self._points(batch, group) * mask)
@@ -204,8 +224,9 @@ class ParticleNet(TorchModel):
         head_inputs = [masked_mean(features, mask)]
 
         for group in self.pooled_groups:
-            group_mask = batch[f"mask_{group}"].unsqueeze(1).to(batch[group].dtype)
-            head_inputs.append(masked_mean(self.pooled_embeddings[group](batch[group].transpose(1, 2)), group_mask))
+            group_mask = batch[f"mask_{group}"].unsqueeze(0).to(batch[group].dtype)
+            embedded = self.pooled_embeddings[group](batch[group].permute(2, 0, 1))
+            head_inputs.append(masked_mean(embedded, group_mask))
         if "global" in self.groups:
             head_inputs.append(batch["global"])
         return self.head(torch.cat(head_inputs, dim=1))
