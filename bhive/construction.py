@@ -11,6 +11,7 @@ Two steps, each usable on its own so that the first can be spread over batch job
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -80,7 +81,12 @@ def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, re
     if settings.executor == "iterative":
         return processor.IterativeExecutor(retries=retries)
     if settings.executor == "futures":
-        return processor.FuturesExecutor(workers=settings.processes, retries=retries)
+        # coffea's default pool (loky) restarts a worker whose memory grew by 300 MB since its
+        # first chunk, which a worker's heap does over its first chunks, and each new worker
+        # imports everything again: two workers were slower than one. The standard pool keeps
+        # its workers.
+        return processor.FuturesExecutor(workers=settings.processes, retries=retries,
+                                         pool=concurrent.futures.ProcessPoolExecutor)
     from distributed import Client, LocalCluster
 
     if settings.scheduler_address:
