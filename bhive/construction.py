@@ -11,6 +11,7 @@ Two steps, each usable on its own so that the first can be spread over batch job
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # importing it at run time would load coffea with this module
 logger = logging.getLogger(__name__)
 
 EXECUTORS = ("iterative", "futures", "dask")
+_DATASET = "inputs"  # coffea's name for the one dataset of a run
 
 #: config sections that change a dataset's content (classes, models and training do not)
 DATASET_SECTIONS = (
@@ -62,15 +64,26 @@ class ExecutorSettings:
             raise ValueError("dask workers on Slurm need --executor dask and no --scheduler-address")
 
 
-def check_inputs(cfg: Config, files: Sequence[str], processor: JetProcessor) -> dict[str, int]:
+def check_inputs(cfg: Config, files: Sequence[str], processor: JetProcessor) \
+        -> tuple[dict[str, int], dict[str, inputs.Tree]]:
     """Check every file (tree, the branches ``processor`` needs from it) and assign processes;
-    returns file -> process index."""
+    returns file -> process index, and file -> what opening its tree told."""
     truth_branches = {c.branch for rule in cfg.truths for c in rule.conditions}
+    trees = {}
     for path in files:
-        available, _ = inputs.tree_branches(path, cfg.treename)
-        inputs.check_branches(path, cfg.treename, available, processor.required_branches(available), truth_branches,
-                              set(cfg.reference_branches()))
-    return inputs.assign_processes(files, cfg.processes, cfg.process_overlap)
+        trees[path] = tree = inputs.tree_branches(path, cfg.treename)
+        inputs.check_branches(path, cfg.treename, tree.branches, processor.required_branches(tree.branches),
+                              truth_branches, set(cfg.reference_branches()))
+    return inputs.assign_processes(files, cfg.processes, cfg.process_overlap), trees
+
+
+def _known_entries(trees: dict[str, inputs.Tree], treename: str) -> dict:
+    """coffea's metadata of the files the checks opened, so that coffea does not open each of
+    them once more to count its entries."""
+    from coffea.processor.executor import FileMeta
+
+    return {FileMeta(_DATASET, path, treename): {"numentries": tree.entries, "uuid": tree.file_uuid}
+            for path, tree in trees.items()}
 
 
 def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, resources: contextlib.ExitStack):
@@ -80,7 +93,12 @@ def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, re
     if settings.executor == "iterative":
         return processor.IterativeExecutor(retries=retries)
     if settings.executor == "futures":
-        return processor.FuturesExecutor(workers=settings.processes, retries=retries)
+        # coffea's default pool (loky) restarts a worker whose memory grew by 300 MB since its
+        # first chunk, which a worker's heap does over its first chunks, and each new worker
+        # imports everything again: two workers were slower than one. The standard pool keeps
+        # its workers.
+        return processor.FuturesExecutor(workers=settings.processes, retries=retries,
+                                         pool=concurrent.futures.ProcessPoolExecutor)
     from distributed import Client, LocalCluster
 
     if settings.scheduler_address:
@@ -113,9 +131,10 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
     from coffea import processor
     from coffea.nanoevents import BaseSchema
 
+    trees = {}
     if file_processes is None:
         cfg = optional_groups.dataset_config(cfg, processor_cls)
-        file_processes = check_inputs(cfg, files, processor_cls(cfg, piece_directory, {}))
+        file_processes, trees = check_inputs(cfg, files, processor_cls(cfg, piece_directory, {}))
     instance = processor_cls(cfg, piece_directory, file_processes, seed)
     piece_directory.mkdir(parents=True, exist_ok=True)
     # retrying only helps against transient network errors; a local file fails the same way again
@@ -123,8 +142,9 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
     with contextlib.ExitStack() as resources:
         executor = _executor(settings, retries, piece_directory.parent / "dask-jobs", resources)
         try:
-            runner = processor.Runner(executor=executor, schema=BaseSchema, chunksize=settings.chunk_size)
-            output = runner({"inputs": list(files)}, instance, treename=cfg.treename)
+            runner = processor.Runner(executor=executor, schema=BaseSchema, chunksize=settings.chunk_size,
+                                      metadata_cache=_known_entries(trees, cfg.treename))
+            output = runner({_DATASET: list(files)}, instance, treename=cfg.treename)
         except Exception as error:
             # coffea wraps the processor's errors with the whole work item; a damaged file is
             # reported by itself, in one line that names it, caused by uproot's error where that

@@ -17,6 +17,7 @@ import os
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from bhive.store import stable_hash
 
@@ -124,13 +125,22 @@ def check_file(path: str, treename: str, branches: set[str], truth_branches: set
     Only the header, the directories and the tree's metadata are read, never a basket (see
     :func:`tree_branches`).
     """
-    available, entries = tree_branches(path, treename)
-    check_branches(path, treename, available, branches, truth_branches, reference_branches)
-    return entries
+    tree = tree_branches(path, treename)
+    check_branches(path, treename, tree.branches, branches, truth_branches, reference_branches)
+    return tree.entries
 
 
-def tree_branches(path: str, treename: str) -> tuple[set[str], int]:
-    """The branch names and the number of entries of the tree ``treename`` in one file.
+class Tree(NamedTuple):
+    """What opening one file's tree tells."""
+
+    branches: set[str]
+    entries: int
+    file_uuid: bytes
+
+
+def tree_branches(path: str, treename: str) -> Tree:
+    """The branch names and the number of entries of the tree ``treename`` in one file, and
+    the file's UUID.
 
     Only the header, the directories and the tree's metadata are read, never a basket, so the
     check stays cheap for large remote files. Damage inside the baskets shows only when they
@@ -150,7 +160,7 @@ def tree_branches(path: str, treename: str) -> tuple[set[str], int]:
         _check_size(file, path)
         tree = _find_tree(file, path, treename)
         try:
-            return set(tree.keys()), tree.num_entries
+            return Tree(set(tree.keys()), tree.num_entries, file.fUUID)
         except Exception as error:
             raise _unreadable(path, error) from error
 

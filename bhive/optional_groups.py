@@ -70,7 +70,7 @@ def _input_branches(cfg: Config, files: list[str]) -> dict[str, set[str]]:
 
         style = cfg.simulate.branch_style
         return {f"the simulated sample (branch_style {style})": set(branch_names(style))}
-    return {path: inputs.tree_branches(path, cfg.treename)[0] for path in files}
+    return {path: inputs.tree_branches(path, cfg.treename).branches for path in files}
 
 
 def _missing_by_group(cfg: Config, processor_cls: type[JetProcessor],
