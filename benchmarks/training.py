@@ -226,7 +226,8 @@ def weaver_particlenet(model):
             self.block.load_state_dict(state)
 
         def forward(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-            return self.block(points.transpose(0, 1).contiguous(), features.transpose(0, 1).contiguous()).transpose(0, 1)
+            weaver_layout = [tensor.transpose(0, 1).contiguous() for tensor in (points, features)]
+            return self.block(*weaver_layout).transpose(0, 1)
 
     peer = copy.deepcopy(model)
     peer.edge_convs = torch.nn.ModuleList([WeaverBlock(block) for block in model.edge_convs])
