@@ -42,7 +42,9 @@ def main() -> None:
     # memory is bounded by chunk and shard size, so both input sizes must exceed them
     rows += dataset.run(args.config, sizes["dataset_jets"], sizes["dataset_copies"],
                         chunk_size=sizes["shard_size"], shard_size=sizes["shard_size"])
-    rows += training.run(None, sizes["training_jets"], batch_size=1024, steps=sizes["training_steps"])
+    # torch.compile takes about a minute to compile ParticleNet on 2 cores: not in --quick
+    rows += training.run(None, sizes["training_jets"], batch_size=1024, steps=sizes["training_steps"],
+                         compile_model=not args.quick)
     rows += evaluation.run(sizes["evaluation_jets"])
     print_table(rows)
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(),

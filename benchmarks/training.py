@@ -1,6 +1,6 @@
 """Dataloader and training-step throughput, each beside its reference from the same run.
 
-    python -m benchmarks.training [--dataset DIR] [--jets 100000] [--steps 20] [--json out.json]
+    python -m benchmarks.training [--dataset DIR] [--jets 100000] [--steps 20] [--skip-compile] [--json out.json]
 
 Rows:
 - the shard loader delivering DeepJet's inputs, in jets/s, beside a plain in-memory copy of
@@ -9,24 +9,34 @@ Rows:
   batch size, on CPU and, when CUDA is present, on the GPU in fp32 and with bf16/fp16 mixed
   precision; the ratio is the loader's rate over the step's: it must stay >= 3 so the loader
   never limits training;
-- per model, inference jets/s at batch sizes 1, 64 and 1024, beside the largest batch;
+- ParticleNet-Lite's training step beside the same model built from weaver-core's own
+  ``EdgeConvBlock`` (``pip install -e ".[bench]"``; skipped without it): same weights, batches
+  and batch size, the two measured in alternation; the ratio must be >= 1.5;
+- ParticleNet-Lite's training step with the opt-in numerics, torch.compile and bf16
+  autocast, beside the eager fp32 step measured in alternation with them;
+- per model, inference jets/s at batch sizes 1, 64 and the default, each beside the
+  default's figure from the same measurement (so that row's ratio is 1);
 - the whole training loop (DeepJet, one epoch after a first one) on 2 processes (torchrun,
   DistributedDataParallel: gloo between CPU processes, or NCCL when there are 2 GPUs) beside
   1 process with the same global batch and the same threads per process; the ratio is the
   scaling (limit 2).
-Without ``--dataset`` a dataset with the ``hlt_ak4`` shapes is written from random numbers.
+Rows measured in alternation report each side's fastest step on each batch: a shared machine
+only ever slows a step down. Without ``--dataset`` a dataset with the ``hlt_ak4`` shapes is
+written from random numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -103,32 +113,63 @@ def loader_rate(directory: Path, groups, batch_size: int) -> tuple[float, float]
     return streamed, in_memory
 
 
-def step_rate(model, batch: dict, device: torch.device, precision: str, steps: int) -> float:
+def training_step(model, device: torch.device, precision: str = "fp32", forward=None) -> Callable[[dict], None]:
+    """One training step (forward, backward, AdamW step) of ``model`` on a batch on ``device``;
+    ``forward`` replaces the model's own call (e.g. a compiled one)."""
     model.to(device).train()
+    forward = model if forward is None else forward
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = {k: v.to(device) for k, v in batch.items()}
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    def step():
+    def step(batch: dict) -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(model.standardise(batch))
+            logits = forward(model.standardise(batch))
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"])
         optimizer.zero_grad()
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+    return step
 
-    for _ in range(2):
-        step()
+
+def _synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def step_rate(model, batch: dict, device: torch.device, precision: str, steps: int) -> float:
+    step = training_step(model, device, precision)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    for _ in range(2):
+        step(batch)
+    _synchronise(device)
     started = time.perf_counter()
     for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+        step(batch)
+    _synchronise(device)
     return steps * len(batch["label"]) / (time.perf_counter() - started)
+
+
+def alternating_rates(steps: dict[str, Callable[[dict], None]], batches: list[dict], device: torch.device,
+                      rounds: int) -> dict[str, float]:
+    """jets/s of each of ``steps`` over ``batches``, the steps taking turns on every batch,
+    ``rounds`` times, after two warm-up steps each: the sum over batches of each one's fastest
+    step on that batch (a shared machine only ever slows a step down)."""
+    for step in steps.values():
+        for batch in batches[:2]:
+            step(batch)
+    fastest = {name: [float("inf")] * len(batches) for name in steps}
+    for _ in range(rounds):
+        for index, batch in enumerate(batches):
+            for name, step in steps.items():
+                _synchronise(device)
+                started = time.perf_counter()
+                step(batch)
+                _synchronise(device)
+                fastest[name][index] = min(fastest[name][index], time.perf_counter() - started)
+    n_jets = sum(len(batch["label"]) for batch in batches)
+    return {name: n_jets / sum(seconds) for name, seconds in fastest.items()}
 
 
 def inference_rate(model, batch: dict, size: int, device: torch.device, repeats: int) -> float:
@@ -139,11 +180,96 @@ def inference_rate(model, batch: dict, size: int, device: torch.device, repeats:
         started = time.perf_counter()
         for _ in range(repeats):
             model(model.standardise(small))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _synchronise(device)
     return repeats * size / (time.perf_counter() - started)
 
 
+def inference_rows(name: str, model, batch: dict, device: torch.device, batch_size: int, steps: int) -> list[dict]:
+    """Inference at batch sizes 1, 64 and ``batch_size``, each beside the last one's figure:
+    one measurement per size, so that the ``batch_size`` row's ratio is 1 by construction."""
+    rates = {size: inference_rate(model, batch, size, device, repeats=max(2, steps * batch_size // size // 20))
+             for size in sorted({1, 64, batch_size})}
+    largest = rates[batch_size]
+    return [{"stage": f"inference {name} ({device.type}, batch {size})", "figure": rate, "unit": "jets/s",
+             "reference": largest, "reference_name": f"batch {batch_size}, same run", "ratio": rate / largest}
+            for size, rate in rates.items()]
+
+
+PEER_MODEL = "ParticleNet"
+PEER_LIMIT = 1.5
+
+
+def weaver_particlenet(model):
+    """A copy of ``model`` (a ParticleNet) whose EdgeConv blocks are weaver-core's, with the
+    same weights; None when weaver-core is not installed."""
+    try:
+        from weaver.nn.model.ParticleNet import EdgeConvBlock
+    except ImportError:
+        return None
+
+    class WeaverBlock(torch.nn.Module):
+        """weaver's block where the project's was: it takes (B, C, P) tensors, the project's
+        blocks (C, B, P) ones; the two transposes cost about 1% of a block."""
+
+        def __init__(self, ours) -> None:
+            super().__init__()
+            convs = list(ours.edge_mlp)[0::3]
+            self.block = EdgeConvBlock(k=ours.k, in_feat=convs[0].in_channels // 2,
+                                       out_feats=[conv.out_channels for conv in convs])
+            state = {}
+            for index, (conv, norm) in enumerate(zip(convs, list(ours.edge_mlp)[1::3])):
+                state[f"convs.{index}.weight"] = conv.weight
+                state.update({f"bns.{index}.{key}": value for key, value in norm.state_dict().items()})
+            if isinstance(ours.shortcut, torch.nn.Sequential):
+                state["sc.weight"] = ours.shortcut[0].weight
+                state.update({f"sc_bn.{key}": value for key, value in ours.shortcut[1].state_dict().items()})
+            self.block.load_state_dict(state)
+
+        def forward(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+            weaver_layout = [tensor.transpose(0, 1).contiguous() for tensor in (points, features)]
+            return self.block(*weaver_layout).transpose(0, 1)
+
+    peer = copy.deepcopy(model)
+    peer.edge_convs = torch.nn.ModuleList([WeaverBlock(block) for block in model.edge_convs])
+    return peer
+
+
+def weaver_row(model, batches: list[dict], device: torch.device, rounds: int) -> dict:
+    """ParticleNet-Lite's training step beside the same model with weaver-core's EdgeConvBlock."""
+    stage = f"train step {PEER_MODEL}-Lite ({device.type}, fp32) vs weaver-core"
+    peer = weaver_particlenet(model)
+    if peer is None:
+        return {"stage": stage, "skipped": 'weaver-core is not installed (pip install -e ".[bench]")'}
+    model.to(device).eval(), peer.to(device).eval()
+    with torch.no_grad():  # the same model: the same outputs from the same weights
+        ours, theirs = model(model.standardise(batches[0])), peer(peer.standardise(batches[0]))
+    difference = float((ours - theirs).abs().max() / theirs.abs().max())
+    rates = alternating_rates({"ours": training_step(model, device), "weaver": training_step(peer, device)},
+                              batches, device, rounds)
+    return {"stage": stage, "figure": rates["ours"], "unit": "jets/s", "reference": rates["weaver"],
+            "reference_name": f"weaver-core's EdgeConvBlock, same weights and batches (outputs within "
+                              f"{difference:.0e})",
+            "ratio": rates["ours"] / rates["weaver"], "limit": PEER_LIMIT}
+
+
+def opt_in_rows(model, batches: list[dict], device: torch.device, rounds: int, compile_model: bool) -> list[dict]:
+    """torch.compile and bf16 autocast beside the eager fp32 step, measured in alternation."""
+    stage = f"train step {PEER_MODEL}-Lite ({device.type}, {{}})"
+    steps = {"eager": training_step(model, device), "bf16 autocast": training_step(model, device, "bf16")}
+    if compile_model:  # the warm-up steps compile
+        steps["torch.compile"] = training_step(model, device, forward=torch.compile(model))
+    rates = alternating_rates(steps, batches, device, rounds)
+    rows = [{"stage": stage.format(name), "figure": rate, "unit": "jets/s", "reference": rates["eager"],
+             "reference_name": "eager fp32, same run", "ratio": rate / rates["eager"]}
+            for name, rate in rates.items() if name != "eager"]
+    if not compile_model:
+        rows.append({"stage": stage.format("torch.compile"), "skipped": "not asked for (compiling takes a minute)"})
+    return rows
+
+
+#: batches each side of the peer and opt-in comparisons trains on, per round, and rounds at least
+PEER_BATCHES = 3
+PEER_ROUNDS = 10
 DDP_PROCESSES = 2
 DDP_MODEL = "DeepJet"
 LOOP_JETS = 20_000
@@ -198,7 +324,8 @@ def ddp_row(directory: Path, batch_size: int, scratch: Path) -> dict:
                               f"per process", "ratio": several / one}
 
 
-def run(dataset_dir: Path | None, n_jets: int, batch_size: int, steps: int) -> list[dict]:
+def run(dataset_dir: Path | None, n_jets: int, batch_size: int, steps: int,
+        compile_model: bool = True) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         directory = dataset_dir or synthetic_dataset(Path(scratch) / "dataset", n_jets)
@@ -212,6 +339,19 @@ def run(dataset_dir: Path | None, n_jets: int, batch_size: int, steps: int) -> l
                                  LoaderSettings(batch_size=batch_size, sampling="loss_weight", validation_fraction=0))
         sample = next(iter(loader.train_batches(0)))
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        # ParticleNet-Lite against its peer and with the opt-in numerics, on a few batches, first:
+        # in a process that trains ParticleNet alone both sides pay page faults for their large
+        # tensors at every step (weaver's more), after ParticleTransformer's steps the allocator
+        # keeps enough memory mapped that neither does, and the ratio drops from ~1.8 to ~1.4
+        for device in devices:
+            torch.manual_seed(0)
+            model = model_class(PEER_MODEL).create(spec, **MODEL_SETTINGS[PEER_MODEL])
+            keys = (*model.input_keys(), "label")
+            batches = [{k: torch.from_numpy(np.ascontiguousarray(b[k])).to(device) for k in keys}
+                       for _, b in zip(range(PEER_BATCHES), loader.train_batches(0))]
+            rounds = max(PEER_ROUNDS, steps // 2)
+            rows.append(weaver_row(model, batches, device, rounds))
+            rows += opt_in_rows(model, batches, device, rounds, compile_model)
         for name, settings in MODEL_SETTINGS.items():
             cls = model_class(name)
             torch.manual_seed(0)
@@ -229,12 +369,7 @@ def run(dataset_dir: Path | None, n_jets: int, batch_size: int, steps: int) -> l
                                  "unit": "jets/s", "reference": streamed, "reference_name":
                                  "shard loader (must be >= 3x the step)", "ratio": streamed / rate, "limit": 3,
                                  **({"speedup_vs_fp32": rate / fp32} if precision != "fp32" else {})})
-                largest = inference_rate(model, batch, batch_size, device, repeats=max(2, steps // 2))
-                for size in (1, 64, batch_size):
-                    rate = inference_rate(model, batch, size, device, repeats=max(2, steps * batch_size // size // 20))
-                    rows.append({"stage": f"inference {name} ({device.type}, batch {size})", "figure": rate,
-                                 "unit": "jets/s", "reference": largest, "reference_name": f"batch {batch_size}",
-                                 "ratio": rate / largest})
+                rows += inference_rows(name, model, batch, device, batch_size, steps)
         # the whole loop, twice over: a smaller synthetic dataset unless one was given
         loop_jets = min(n_jets // 4, LOOP_JETS)
         loop_directory = dataset_dir or synthetic_dataset(Path(scratch) / "loop-dataset", loop_jets,
@@ -249,13 +384,14 @@ def main() -> None:
     parser.add_argument("--jets", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--skip-compile", action="store_true", help="no torch.compile row (compiling takes a minute)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--loop-worker", type=Path, help=argparse.SUPPRESS)  # one process of the DDP row
     args = parser.parse_args()
     if args.loop_worker:
         _loop_worker(args.loop_worker)
         return
-    rows = run(args.dataset, args.jets, args.batch_size, args.steps)
+    rows = run(args.dataset, args.jets, args.batch_size, args.steps, compile_model=not args.skip_compile)
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

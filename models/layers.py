@@ -37,8 +37,9 @@ def uses_running_statistics(norm: nn.Module) -> bool:
 
 
 def pointwise_weights(conv: nn.Module, norm: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The (out, in) matrix and the bias of a 1x1 convolution, with ``norm`` folded in when it
-    uses its running statistics (the caller then skips ``norm``; otherwise it is left out).
+    """The (out, in) matrix and the bias of a 1x1 convolution; when the BatchNorm ``norm`` that
+    follows it uses its running statistics, with ``norm`` folded in (the caller then leaves
+    ``norm`` out), otherwise without it.
 
     The weights are views or functions of the parameters, so gradients reach them."""
     weight, bias = conv.weight.flatten(1), conv.bias
@@ -54,21 +55,22 @@ def pointwise_weights(conv: nn.Module, norm: nn.Module | None = None) -> tuple[t
 
 
 def _product(flat: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``weight`` (out, in) times ``flat`` (1, in, L), plus ``bias``: one matrix product, whose
-    result is a tensor of its own (not a view), so that it can be changed in place."""
-    weight = weight.unsqueeze(0)
-    return torch.bmm(weight, flat) if bias is None else torch.baddbmm(bias.view(1, -1, 1), weight, flat)
+    """``weight`` (out, in) times ``flat`` (in, L), plus ``bias``: one matrix product (a 2D one:
+    batched products of a transposed operand can miss the BLAS kernels), whose result is a
+    tensor of its own, not a view, so that it can be changed in place."""
+    return torch.mm(weight, flat) if bias is None else torch.addmm(bias.unsqueeze(1), weight, flat)
 
 
 def pointwise(values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A 1x1 convolution with the (out, in) matrix ``weight`` of channels-first ``values`` (in, ...)."""
-    out = _product(values.reshape(1, values.shape[0], -1), weight, bias)
+    out = _product(values.reshape(values.shape[0], -1), weight, bias)
     return out.view(weight.shape[0], *values.shape[1:])
 
 
 def apply_pointwise(layers: nn.Module, values: torch.Tensor) -> torch.Tensor:
     """``layers`` (a Sequential, or one module) of 1x1 convolutions, BatchNorms and elementwise
-    layers (activations, dropout, Identity) on a channels-first tensor (channels, ...).
+    layers (activations, Identity) on a channels-first tensor (channels, ...). Not dropout:
+    data-parallel training on CPUs replaces it by one that slices the jets, which come first.
 
     A BatchNorm using its running statistics is folded into the convolution before it, and a
     ReLU right after a convolution or a BatchNorm works in place (neither needs its output
@@ -77,24 +79,24 @@ def apply_pointwise(layers: nn.Module, values: torch.Tensor) -> torch.Tensor:
     data-parallel training on GPUs."""
     layers = list(layers) if isinstance(layers, nn.Sequential) else [layers]
     shape = values.shape
-    # (1, channels, entries) throughout: BatchNorm1d's layout, in which it sums each channel's
-    # contiguous row; every tensor made here is its own (never a view), so in-place ReLU
-    # costs autograd nothing
-    values = values.reshape(1, shape[0], -1)
+    # (channels, entries) for the products, (1, channels, entries) for BatchNorm1d, which then
+    # sums each channel's contiguous row; the tensors made here are their own (views only go
+    # in), so in-place ReLU costs autograd nothing
+    values = values.reshape(shape[0], -1)
     position, owned = 0, False  # owned: ``values`` was made here, so it may be overwritten
     while position < len(layers):
         layer = layers[position]
         following = layers[position + 1] if position + 1 < len(layers) else None
         if isinstance(layer, _ConvNd):
             norm = following if following is not None and uses_running_statistics(following) else None
-            values, owned = _product(values, *pointwise_weights(layer, norm)), True
-            position += 1 if norm is None else 2
+            values = _product(values.reshape(layer.in_channels, -1), *pointwise_weights(layer, norm))
+            owned, position = True, position + (1 if norm is None else 2)
             continue
         if isinstance(layer, _BatchNorm):
-            values, owned = layer(values), True
+            values, owned = layer(values.reshape(1, layer.num_features, -1)), True
         elif isinstance(layer, nn.ReLU) and owned:
             values = values.relu_()
         else:
             values, owned = layer(values), False
         position += 1
-    return values.view(values.shape[1], *shape[1:])
+    return values.reshape(-1, *shape[1:])

@@ -94,8 +94,11 @@ class EdgeConvBlock(nn.Module):
         conv, norm = self.edge_mlp[0], self.edge_mlp[1]
         weight, shift = pointwise_weights(conv, norm)
         on_centre, on_difference = weight.split(len(features), dim=1)
-        centre = pointwise(features, on_centre - on_difference, shift)
-        edges = gather_neighbours(pointwise(features, on_difference), neighbours) + centre.unsqueeze(-1)
+        # both terms in one product: rows (W_c - W_d) x_i, then rows W_d x_j
+        bias = None if shift is None else torch.cat([shift, torch.zeros_like(shift)])
+        terms = pointwise(features, torch.cat([on_centre - on_difference, on_difference]), bias)
+        centre, neighbour = terms.split(len(weight))
+        edges = gather_neighbours(neighbour, neighbours) + centre.unsqueeze(-1)
         return edges, uses_running_statistics(norm)
 
     def forward(self, points: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -210,7 +213,7 @@ class ParticleNet(TorchModel):
         points, features, masks = [], [], []
         for group in self.graph_groups:
             mask = batch[f"mask_{group}"].unsqueeze(0).to(batch[group].dtype)  # (1, B, P)
-            candidates = batch[group].permute(2, 0, 1) * mask
+            candidates = batch[group].permute(2, 0, 1).contiguous() * mask
             if group in self.graph_embeddings:
                 candidates = self.graph_embeddings[group](candidates) * mask
             points.append(self._points(batch, group) * mask)
@@ -225,7 +228,7 @@ class ParticleNet(TorchModel):
 
         for group in self.pooled_groups:
             group_mask = batch[f"mask_{group}"].unsqueeze(0).to(batch[group].dtype)
-            embedded = self.pooled_embeddings[group](batch[group].permute(2, 0, 1))
+            embedded = self.pooled_embeddings[group](batch[group].permute(2, 0, 1).contiguous())
             head_inputs.append(masked_mean(embedded, group_mask))
         if "global" in self.groups:
             head_inputs.append(batch["global"])
