@@ -39,7 +39,7 @@ DATASET_SECTIONS = (
     "global_features", "global_custom_features", "cpf_candidates", "n_cpf_candidates",
     "cpf_custom_features", "npf_candidates", "n_npf_candidates", "npf_custom_features",
     "vtx_features", "n_vtx_candidates", "vtx_custom_features", "optional_groups", "truths", "reference_flavour",
-    "reference_taggers", "processor", "event_weight", "reweighting",
+    "reference_taggers", "processor", "event_weight", "reweighting", "regression_targets",
 )
 
 
@@ -222,6 +222,9 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
         "reference_flavour": cfg.reference_flavour,
         "processes": [p.name for p in cfg.processes],
         "extras": list(cfg.reference_columns()),
+        "targets": list(cfg.regression_targets),
+        "valid_targets": {name: int(sum(info.get("valid_targets", {}).get(name, 0) for info in infos))
+                          for name in cfg.regression_targets},
         "bins_pt": list(cfg.bins_pt),
         "bins_eta": list(cfg.bins_eta),
         **sums.to_json(),

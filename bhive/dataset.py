@@ -7,7 +7,11 @@ Each shard directory holds one ``.npy`` per array, all with the same first dimen
 ``kinematics`` (n, 2) pt and eta, ``process`` (n,) int16, ``extras`` (n, n_extras)
 reference-tagger scores, ``weight`` (n,) the reweighting weight (>= 0, each label's maximum 1)
 and, where the config names an ``event_weight`` branch, ``mc_weight`` (n,) float32 that
-branch's value for the jet (a generator weight, possibly negative). Shards are
+branch's value for the jet (a generator weight, possibly negative) and, where the config has
+``regression_targets``, ``target`` (n, n_targets) float32, the true values in the order of
+``meta["targets"]`` (NaN where a jet has no valid value: such jets are kept), and
+``target_baseline`` (n, n_targets), each target's estimate without regression (NaN where the
+config gives none). Shards are
 memory-mappable, so a reader never needs a whole dataset in memory.
 
 Shards are built from pieces in one streaming pass, so memory is bounded by one shard and no
@@ -39,6 +43,8 @@ META_FILE = "meta.json"
 FORMAT_VERSION = 1
 WEIGHT = "weight"
 EVENT_WEIGHT = "mc_weight"
+TARGET = "target"
+TARGET_BASELINE = "target_baseline"
 # stream of the seeded random generator of the order within a shard (pieces draw the shard keys)
 _SHARD_ORDER = 1
 

@@ -78,7 +78,7 @@ FUNCTIONS: dict[str, dict[str, Signature]] = {
         "nan_to_num": _NAN_TO_NUM,
     },
 }
-CONSTANTS: dict[str, frozenset[str]] = {"np": frozenset({"pi", "e", "inf"})}
+CONSTANTS: dict[str, frozenset[str]] = {"np": frozenset({"pi", "e", "inf", "nan"})}
 
 _BINARY_OPERATORS: dict[type, str] = {
     ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**",

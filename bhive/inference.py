@@ -16,6 +16,9 @@ from bhive.plugins.model import ModelError, load_model
 from bhive.truth import label_map
 
 ARRAYS = ("scores", "truth", "label", "kinematics", "process", "extras", "weight", "mc_weight")
+REGRESSION = "regression"
+#: written besides ARRAYS for a model with regression targets
+REGRESSION_ARRAYS = (REGRESSION, dataset.TARGET, dataset.TARGET_BASELINE)
 INFO = "info.json"
 ROOT_FILE = "scores.root"
 
@@ -40,8 +43,20 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
     loader = dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
                                               LoaderSettings(batch_size=batch_size, validation_fraction=0.0))
     batches = loader.inference_batches()
-    scores = np.asarray(model.predict(batches, attacker) if attacker else model.predict(batches), dtype=np.float64)
-    columns = {name: [] for name in ("truth", "kinematics", "process", "extras", "weight", dataset.EVENT_WEIGHT)}
+    targets = list(getattr(model.spec, "targets", ()))
+    if targets:
+        outputs = model.predict_outputs(batches, attacker)
+        scores, regression = outputs["scores"], outputs["regression"]
+    else:
+        scores = np.asarray(model.predict(batches, attacker) if attacker else model.predict(batches), dtype=np.float64)
+    names = ("truth", "kinematics", "process", "extras", "weight", dataset.EVENT_WEIGHT)
+    if targets:
+        if meta.get("targets") != [t.name for t in targets]:
+            raise ModelError(f"the model predicts the regression targets {', '.join(t.name for t in targets)}, but "
+                             f"{dataset_dir} has {', '.join(meta.get('targets', [])) or 'none'}; score a dataset built "
+                             f"with the same regression_targets")
+        names += (dataset.TARGET, dataset.TARGET_BASELINE)
+    columns = {name: [] for name in names}
     for shard in meta["shards"]:
         arrays = dataset.open_shard(dataset_dir, shard["name"])
         # every jet counts once where the dataset has no event weights
@@ -50,8 +65,10 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
             columns[name].append(np.asarray(arrays[name]))
     out = {name: np.concatenate(parts) for name, parts in columns.items()}
     out["scores"] = scores
+    if targets:
+        out[REGRESSION] = np.asarray(regression, dtype=np.float64)
     out["label"] = label_map(meta["truth_labels"], cfg.classes)[out["truth"]].astype(np.int16)
-    info = {"classes": list(model.classes), "truth_labels": meta["truth_labels"], "processes": meta["processes"],
+    info = {**({"regression": model.spec.regression_columns()} if targets else {}),"classes": list(model.classes), "truth_labels": meta["truth_labels"], "processes": meta["processes"],
             "extras": meta["extras"], "kinematics": meta["kinematics"], "event_weight": meta.get("event_weight"),
             "model": str(model_dir), "attack": attack.label() if attack is not None else "nominal",
             "dataset": str(dataset_dir), "n_jets": int(len(scores))}
@@ -64,7 +81,8 @@ def write_predictions(directory: Path, predictions: dict) -> None:
     import uproot
 
     arrays, info = predictions["arrays"], predictions["info"]
-    for name in ARRAYS:
+    written = (*ARRAYS, *(REGRESSION_ARRAYS if "regression" in info else ()))
+    for name in written:
         with atomic_path(directory / f"{name}.npy") as temporary, open(temporary, "wb") as stream:
             np.save(stream, arrays[name], allow_pickle=False)
     branches = {f"prob_{c}": arrays["scores"][:, i] for i, c in enumerate(info["classes"])}
@@ -73,11 +91,22 @@ def write_predictions(directory: Path, predictions: dict) -> None:
     for i, name in enumerate(info["kinematics"]):
         branches[name] = arrays["kinematics"][:, i]
     for i, name in enumerate(info["extras"]):
-        branches["ref_" + "".join(ch if ch.isalnum() else "_" for ch in name)] = arrays["extras"][:, i]
+        branches["ref_" + _branch_name(name)] = arrays["extras"][:, i]
+    for index, entry in enumerate(info.get("regression", ())):
+        name = _branch_name(entry["name"])
+        branches[f"true_{name}"] = arrays[dataset.TARGET][:, index]
+        branches[f"baseline_{name}"] = arrays[dataset.TARGET_BASELINE][:, index]
+        for column, quantile in zip(entry["columns"], entry["quantiles"] or [None]):
+            suffix = "" if quantile is None else f"_q{round(quantile * 1000):03d}"
+            branches[f"pred_{name}{suffix}"] = arrays[REGRESSION][:, column]
     with atomic_path(directory / ROOT_FILE) as temporary, uproot.recreate(temporary) as file:
         file.mktree("scores", {k: v.dtype for k, v in branches.items()}).extend(branches)
-    files = {path: file_record(directory / path) for path in (*(f"{n}.npy" for n in ARRAYS), ROOT_FILE)}
+    files = {path: file_record(directory / path) for path in (*(f"{n}.npy" for n in written), ROOT_FILE)}
     atomic_write_json(directory / INFO, {**info, "files": files})
+
+
+def _branch_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
 def check_predictions(directory: Path, verify: bool = False) -> None:
@@ -92,7 +121,7 @@ def check_predictions(directory: Path, verify: bool = False) -> None:
 def read_predictions(directory: Path) -> dict:
     check_predictions(directory)
     info = read_json(directory / INFO)
-    arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in ARRAYS
+    arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in (*ARRAYS, *REGRESSION_ARRAYS)
               if f"{name}.npy" in info.get("files", {}) or (directory / f"{name}.npy").exists()}
     if "mc_weight" not in arrays:  # scores written before event weights existed
         arrays["mc_weight"] = np.ones(len(arrays["truth"]), np.float32)

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import InputSpec
-from models.layers import dense_head
 from models.torch_model import TorchModel
 
 PUBLISHED = {
@@ -108,10 +107,10 @@ class DeepJet(TorchModel):
             branches[group] = _CandidateBranch(spec.n_features(group), filters, lstm, dropout)
             width += lstm
         self.branches = nn.ModuleDict(branches)
-        self.head = dense_head(width, [max(1, round(size * width_scale)) for size in dense], spec.n_classes, dropout)
+        self.build_heads(width, [max(1, round(size * width_scale)) for size in dense], dropout)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [batch["global"]]
         for group in self.candidate_groups:
             parts.append(self.branches[group](batch[group], batch[f"mask_{group}"]))
-        return self.head(torch.cat(parts, dim=1))
+        return torch.cat(parts, dim=1)

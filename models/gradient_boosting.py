@@ -87,6 +87,10 @@ class GradientBoosting(Model):
 
     def __init__(self, spec: InputSpec, max_iter: int = 300, learning_rate: float = 0.1, max_leaf_nodes: int = 63,
                  max_jets: int = 500_000) -> None:
+        if spec.targets:
+            raise ModelError(f"GradientBoosting predicts the flavour only and cannot learn the regression targets "
+                             f"{', '.join(t.name for t in spec.targets)}; train a PyTorch model (DeepJet, ParticleNet, "
+                             f"...) or remove regression_targets from the config")
         self._spec = spec
         self.hyperparameters = {"max_iter": max_iter, "learning_rate": learning_rate,
                                 "max_leaf_nodes": max_leaf_nodes, "max_jets": max_jets}

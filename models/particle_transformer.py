@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.base import InputSpec, ModelError
-from models.layers import apply_pointwise, dense_head
+from models.layers import apply_pointwise
 from models.torch_model import TorchModel
 
 FOUR_VECTOR_KEYS = ("pt", "eta", "phi", "energy", "mass")
@@ -323,7 +323,7 @@ class ParticleTransformer(TorchModel):
         self.norm = nn.LayerNorm(width)
         if "global" in self.groups:
             width += spec.n_features("global")
-        self.head = dense_head(width, fc, spec.n_classes, dropout)
+        self.build_heads(width, fc, dropout)
 
     def _attention_bias(self, batch: dict[str, torch.Tensor], n_tokens: int) -> torch.Tensor:
         """Per-head bias (B, H, T, T): from the charged-candidate pairs, zero for other tokens."""
@@ -335,7 +335,7 @@ class ParticleTransformer(TorchModel):
         extra = n_tokens - features.shape[-1]
         return F.pad(bias, (0, extra, 0, extra))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = torch.cat([self.embeddings[g](batch[g]) for g in self.token_groups], dim=1)
         mask = torch.cat([batch[f"mask_{g}"].bool() for g in self.token_groups], dim=1)
         keep = mask.unsqueeze(-1).to(tokens.dtype)
@@ -352,4 +352,4 @@ class ParticleTransformer(TorchModel):
         head_input = [self.norm(class_token).squeeze(1)]
         if "global" in self.groups:
             head_input.append(batch["global"])
-        return self.head(torch.cat(head_input, dim=1))
+        return torch.cat(head_input, dim=1)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from models.base import InputSpec, ModelError
-from models.layers import apply_pointwise, dense_head, pointwise, pointwise_weights, uses_running_statistics
+from models.layers import apply_pointwise, pointwise, pointwise_weights, uses_running_statistics
 from models.torch_model import TorchModel
 
 CANDIDATE_GROUPS = ("cpf", "npf", "vtx")
@@ -203,12 +203,12 @@ class ParticleNet(TorchModel):
         width += embed_channels * len(self.pooled_groups)
         if "global" in self.groups:
             width += spec.n_features("global")
-        self.head = dense_head(width, fc, spec.n_classes, dropout)
+        self.build_heads(width, fc, dropout)
 
     def _points(self, batch: dict[str, torch.Tensor], group: str) -> torch.Tensor:
         return torch.stack([self.raw_column(batch, group, name) for name in self.coordinates[group]])
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # channels first throughout, (C, B, P) (see models.layers)
         points, features, masks = [], [], []
         for group in self.graph_groups:
@@ -232,4 +232,4 @@ class ParticleNet(TorchModel):
             head_inputs.append(masked_mean(embedded, group_mask))
         if "global" in self.groups:
             head_inputs.append(batch["global"])
-        return self.head(torch.cat(head_inputs, dim=1))
+        return torch.cat(head_inputs, dim=1)

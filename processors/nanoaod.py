@@ -15,10 +15,17 @@ PF candidates as lists (:mod:`processors.nanoaod_links` finds which belong to wh
   highest pt first. All candidates are kept, charged and neutral; NanoAOD sets the track
   quantities (d0, dz and their errors) of candidates without a track to -1.
 
-Branches are routed by prefix: ``Jet_*`` per jet, ``SV_*``, ``PFCands_*`` and ``PFCand_*`` per
-candidate, anything else is an event-level quantity (``PV_npvs``, ``genWeight``) repeated for
-each jet of the event. Everything is computed on whole chunks with numpy/awkward; nothing
-loops over events or jets.
+Branches are routed by prefix: ``Jet_*`` per jet; ``SV_*``, ``PFCands_*`` and ``PFCand_*`` per
+candidate; the fields of a linked collection (:data:`LINKED_COLLECTIONS`), of which each jet
+has at most one object named by a per-jet index branch, one value per jet: ``GenJet_<field>``
+is ``GenJet_<field>[event][Jet_genJetIdx]``, the generator jet matched to the jet. A jet
+without one (index -1, or an index past the event's stored GenJets, which NanoAOD keeps above
+a pt threshold only) gets NaN, so these values are floating point: float32 for float32 and
+small integer fields, so ``GenJet_partonFlavour``/``GenJet_hadronFlavour`` are floats with NaN
+for unmatched jets. ``Jet_genJetIdx`` and the ``GenJet_*`` branches exist in simulation only.
+Anything else is an event-level quantity (``PV_npvs``, ``genWeight``) repeated for each jet of
+the event. Everything is computed on whole chunks with numpy/awkward; nothing loops over events
+or jets.
 """
 
 from __future__ import annotations
@@ -71,6 +78,26 @@ _PF = _Candidates("PF candidate", ("PFCands_", "PFCand_"), "pt", table=("PFCands
 _COLLECTIONS = (_SV, _PF)
 
 
+@dataclass(frozen=True)
+class _Linked:
+    """A collection of which each jet has at most one object: the one its ``index_branch`` names."""
+
+    prefix: str  # config branches ``<prefix><field>`` are that object's field
+    index_branch: str  # per-jet index into the event's collection; -1 or past its end: none
+    about: str  # what the link is, for error messages
+
+
+#: Linked collections, one line each: a config branch with the prefix is one value per jet.
+LINKED_COLLECTIONS = (
+    _Linked("GenJet_", "Jet_genJetIdx",
+            "the index linking each jet to its matched GenJet (-1: none), which only simulation has"),
+)
+
+
+def _linked_of(name: str) -> _Linked | None:
+    return next((linked for linked in LINKED_COLLECTIONS if name.startswith(linked.prefix)), None)
+
+
 def _renamed(name: str, collection: _Candidates, prefix: str) -> str:
     """The file's branch for the config's ``name``: the same field under the file's prefix."""
     return prefix + name[len(collection.prefix_of(name)):]
@@ -89,7 +116,8 @@ class NanoAODProcessor(JetProcessor):
     Only the branches the config reads (plus the eta/phi branches that dR matching needs
     and the ordering branches of the matched collections) have to exist in every file, with
     the PF candidate prefix the file has; the index branches ``Jet_svIdx1/2`` and the
-    ``JetPFCands_*`` association table are used in the files that have them.
+    ``JetPFCands_*`` association table are used in the files that have them. A config reading
+    ``GenJet_*`` needs ``Jet_genJetIdx`` in every file as well (simulation only).
     """
 
     def config_branches(self) -> set[str]:
@@ -99,6 +127,8 @@ class NanoAODProcessor(JetProcessor):
     def required_branches(self, available: Collection[str] | None = None) -> set[str]:
         branches, owned = _by_collection(self.config_branches())
         required = set(branches)
+        # a linked collection's fields are read through the jets' index branch
+        required |= {linked.index_branch for linked in map(_linked_of, branches) if linked is not None}
         for collection, names in owned:
             prefix = collection.file_prefix(names, available)
             # dR matching (the fallback in files without links) needs the axes and the ordering
@@ -123,8 +153,14 @@ class NanoAODProcessor(JetProcessor):
         table = {name: ak.flatten(events[name], axis=1) for name in jet_branches}
         for collection, names in owned:
             table.update(self._candidate_lists(events, collection, names, jets_per_event, source))
+        _check_index_branches(branches, events.fields, source)
         for name in branches:
-            if not name.startswith(JET_PREFIX):
+            if name.startswith(JET_PREFIX):
+                continue
+            linked = _linked_of(name)
+            if linked is not None:
+                table[name] = _linked_values(events, linked, name, jets_per_event, source)
+            else:
                 table[name] = _broadcast_event_branch(events[name], name, jets_per_event, source)
         return ak.zip(table, depth_limit=1)
 
@@ -156,10 +192,37 @@ class NanoAODProcessor(JetProcessor):
         return {name: ak.unflatten(flat(events, file_name)[index], counts) for name, file_name in file_names.items()}
 
 
+def _check_index_branches(branches: list[str], fields: Collection[str], source: str) -> None:
+    """Refuse a chunk without the index branch of a linked collection the config reads."""
+    for linked in LINKED_COLLECTIONS:
+        names = [name for name in branches if name.startswith(linked.prefix)]
+        if names and linked.index_branch not in fields:
+            raise ProcessorError(f"{source}: {', '.join(names)} need '{linked.index_branch}', {linked.about}, and the "
+                                 f"file lacks it; use simulated NanoAOD or remove them from the config")
+
+
+def _linked_values(events, linked: _Linked, name: str, jets_per_event: np.ndarray, source: str) -> np.ndarray:
+    """Branch ``name`` of the object each jet links to through ``linked.index_branch``, NaN for
+    jets linked to none (index -1 or past the event's objects): floating point, so integer
+    fields become float32 (small integers) or float64."""
+    values = events[name]
+    if values.ndim != 2:
+        raise ProcessorError(f"{source}: branch '{name}' is not a list per event; {linked.prefix}* branches must "
+                             f"belong to the {linked.prefix.rstrip('_')} collection (counter "
+                             f"n{linked.prefix.rstrip('_')}) that {linked.index_branch} indexes")
+    objects_per_event = ak.to_numpy(ak.num(values, axis=1))
+    index, counts = index_links(events, (linked.index_branch,), jets_per_event, objects_per_event)
+    flat_values = flat(events, name)
+    out = np.full(len(counts), np.nan, dtype=np.result_type(flat_values.dtype, np.float32))
+    out[counts > 0] = flat_values[index]
+    return out
+
+
 def _broadcast_event_branch(values: ak.Array, name: str, jets_per_event: np.ndarray, source: str) -> np.ndarray:
     """One event-level value repeated for each jet of its event."""
     if values.ndim != 1:
-        collections = ", ".join(f"{prefix}*" for c in _COLLECTIONS for prefix in c.prefixes)
+        collections = ", ".join([*(f"{prefix}*" for c in _COLLECTIONS for prefix in c.prefixes),
+                                 *(f"{link.prefix}* (through {link.index_branch})" for link in LINKED_COLLECTIONS)])
         raise ProcessorError(
             f"{source}: branch '{name}' is a list per event, but NanoAODProcessor only attaches Jet_* and the "
             f"{collections} collections to jets; other branches must be one value per event (like PV_npvs). "

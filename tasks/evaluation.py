@@ -7,7 +7,7 @@ import luigi
 
 from bhive import inference, training
 from bhive.config import ConfigError
-from bhive.evaluation import comparison, curves, distributions, robustness, summary, working_points
+from bhive.evaluation import comparison, curves, distributions, regression, robustness, summary, working_points
 from bhive.store import atomic_write_json, check_name, read_json
 from tasks.base import DatasetVersionTask, config_name
 from tasks.dataset import DatasetConstructionTask
@@ -130,6 +130,19 @@ class WorkingPointTask(_EvaluationTask):
                                             cfg.processes, cfg.charm_working_points)
 
 
+class RegressionTask(_EvaluationTask):
+    """Response and resolution of each regression target vs reco pt and eta, per flavour,
+    before (the config's baseline) and after the regression."""
+
+    config_keys = ("regression_targets", "bins_pt", "bins_eta")
+
+    def output(self):
+        return self.local_target(regression.REGRESSION_FILE)
+
+    def run(self):
+        regression.write_regression(self.predictions(), self.cfg.bins_pt, self.cfg.bins_eta, self.local_path())
+
+
 class ScoreDistributionTask(_EvaluationTask):
     """Output scores per true class and the confusion matrix."""
 
@@ -222,6 +235,8 @@ class EvaluationTask(_EvaluationTask):
                         "comparison": ComparisonTask.req(self)}
         if attack_of(self, "test_attack").active:
             requirements["nominal"] = self.nominal()
+        if self.cfg.regression_targets:
+            requirements["regression"] = RegressionTask.req(self)
         return requirements
 
     def output(self):
@@ -248,4 +263,6 @@ class EvaluationTask(_EvaluationTask):
             read_json(inputs["working_points"].local_path("charm_working_points.json")),
             read_json(inputs["comparison"].local_path("comparison.json")),
             read_json(inputs["scores"].local_path("confusion.json")), history, self.local_path(),
-            notes=notes, robustness=table)
+            notes=notes, robustness=table,
+            regression=read_json(inputs["regression"].local_path(regression.REGRESSION_FILE))
+            if "regression" in inputs else None)

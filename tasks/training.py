@@ -30,7 +30,7 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, Si
         return requirements
 
     def identity_config_keys(self) -> tuple[str, ...]:
-        return ("training", "classes", "dataloader", f"model_settings.{self.model()}")
+        return ("training", "classes", "dataloader", "regression_targets", f"model_settings.{self.model()}")
 
     def config_overrides(self) -> dict:
         return {f"training.{name}": getattr(self, name) for name in TRAINING_OVERRIDES if getattr(self, name)}

@@ -12,11 +12,14 @@ three layouts CMS produces (:data:`LAYOUTS`):
   DeepJet, ParticleNet and RobustParT scores.
 
 Every layout has ``Jet_svIdx1``/``Jet_svIdx2`` (``with_sv_index``), ``Jet_hadronFlavour``,
-``Jet_partonFlavour`` and ``Jet_genJetIdx``. The events do not depend on the layout: the same
-seed gives the same jets, vertices and candidates in each, only the branches written differ.
-Content is random but shaped like the real thing: jet constituents scattered around the jet
-axis, pileup candidates and stray vertices far from any jet, displaced tracks and vertices in
-heavy-flavour jets, and -1 for the track quantities of candidates without a track.
+``Jet_partonFlavour`` and ``Jet_genJetIdx`` (``with_gen_jet_index``); ``with_gen_jets`` adds
+the ``GenJet`` collection (``nGenJet``/``GenJet_*``) that ``Jet_genJetIdx`` then points into,
+stored above a pt threshold as NanoAOD does, so some indices point past the stored list. The
+events do not depend on the layout: the same seed gives the same jets, vertices and candidates
+in each, only the branches written differ. Content is random but shaped like the real thing:
+jet constituents scattered around the jet axis, pileup candidates and stray vertices far from
+any jet, displaced tracks and vertices in heavy-flavour jets, and -1 for the track quantities
+of candidates without a track.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ _PF_CENTRAL = {"pt": _F, "eta": _F, "phi": _F, "mass": _F, "pdgId": _I32}
 _PF_BTV = {**_PF_CENTRAL, "charge": _I32, "d0": _F, "d0Err": _F, "dz": _F, "dzErr": _F, "puppiWeight": _F,
            "trkChi2": _F, "lostInnerHits": _I32, "pvAssocQuality": _I32}
 _LINKS = {"jetIdx": _I16, "pFCandsIdx": _I16}
+_GEN_JET = {"pt": _F, "eta": _F, "phi": _F, "mass": _F, "partonFlavour": _I16, "hadronFlavour": _U8}
+#: GenJets below this pt are not stored; the reco jets' Jet_genJetIdx still counts them
+GEN_JET_PT_MIN = 20.0
 
 #: per layout: the jet score branches and the PF candidate collection (name, fields), if any
 _TAGGERS = {"pfnano": {**_DEEPJET, **_PNET_V12}, "v15": {**_DEEPJET, **_PNET_V15, **_UPART},
@@ -58,13 +64,17 @@ _CANDIDATES = {"pfnano": ("PFCands", _PF_BTV), "v15": ("PFCand", _PF_CENTRAL), "
 
 
 def write_nanoaod(path: Path | str, n_events: int, seed: int, layout: str = "pfnano", with_association: bool = True,
-                  with_sv_index: bool = True, with_sv: bool = True) -> int:
+                  with_sv_index: bool = True, with_sv: bool = True, with_gen_jets: bool = False,
+                  with_gen_jet_index: bool = True) -> int:
     """Write ``n_events`` NanoAOD-like events in ``layout`` to ``path``; returns the number of jets.
 
     ``with_association`` adds the ``JetPFCands`` jet -> candidate table (``pfnano`` only, the
     only layout that has one); ``with_sv_index`` adds ``Jet_svIdx1``/``Jet_svIdx2``; without
     ``with_sv`` there is no ``SV_*`` collection, as in skims. Without the links a reader has to
-    match by dR.
+    match by dR. ``with_gen_jets`` adds ``nGenJet``/``GenJet_*`` and points ``Jet_genJetIdx``
+    into them (-1: no generator jet; past ``nGenJet``: one below :data:`GEN_JET_PT_MIN`); they
+    are drawn from a generator of their own, so everything else stays as without them. Without
+    ``with_gen_jet_index`` there is no ``Jet_genJetIdx``, as in data.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
@@ -72,7 +82,16 @@ def write_nanoaod(path: Path | str, n_events: int, seed: int, layout: str = "pfn
     events = [_event(rng) for _ in range(n_events)]
     jets, svs, candidates, links = (list(parts) for parts in zip(*events)) if events else ([], [], [], [])
 
-    arrays = {"Jet": _collection(jets, {**_JET, **_TAGGERS[layout], **(_SV_INDEX if with_sv_index else {})})}
+    jet_fields = {**_JET, **_TAGGERS[layout], **(_SV_INDEX if with_sv_index else {})}
+    if not with_gen_jet_index:
+        del jet_fields["genJetIdx"]
+    gen_jets = None
+    if with_gen_jets:
+        gen_rng = np.random.default_rng([seed, 1])
+        jets, gen_jets = zip(*(_gen_jets(gen_rng, event) for event in jets)) if jets else ([], [])
+    arrays = {"Jet": _collection(list(jets), jet_fields)}
+    if gen_jets is not None:
+        arrays["GenJet"] = _collection(list(gen_jets), _GEN_JET)
     if with_sv:
         arrays["SV"] = _collection(svs, _SV)
     if _CANDIDATES[layout] is not None:
@@ -135,6 +154,27 @@ def _event(rng: np.random.Generator) -> tuple[dict, dict, dict, dict]:
         **_scores(rng, is_b, is_c, parton),
     }
     return jets, svs, candidates, links
+
+
+def _gen_jets(rng: np.random.Generator, jets: dict) -> tuple[dict, dict]:
+    """The event's jets with ``genJetIdx`` pointing into its generator jets, and the stored
+    generator jets: one near each jet with a generator jet, plus soft ones of no jet, by pt
+    descending, those below GEN_JET_PT_MIN left out (the jets' indices still count them)."""
+    own = np.flatnonzero(jets["genJetIdx"] >= 0)
+    n_own, n_soft = len(own), int(rng.poisson(1.0))
+    pt = np.concatenate([jets["pt"][own] * rng.normal(1.0, 0.15, n_own), 5 + rng.exponential(10, n_soft)])
+    eta = np.concatenate([jets["eta"][own] + rng.normal(0, 0.03, n_own), rng.uniform(-4.7, 4.7, n_soft)])
+    phi = _wrap(np.concatenate([jets["phi"][own] + rng.normal(0, 0.03, n_own), rng.uniform(-np.pi, np.pi, n_soft)]))
+    generated = {
+        "pt": pt, "eta": eta, "phi": phi, "mass": pt * rng.uniform(0.05, 0.2, n_own + n_soft),
+        "partonFlavour": np.concatenate([jets["partonFlavour"][own], np.zeros(n_soft, dtype=np.int64)]),
+        "hadronFlavour": np.concatenate([jets["hadronFlavour"][own], np.zeros(n_soft, dtype=np.int64)]),
+    }
+    order = np.argsort(-pt, kind="stable")
+    gen_index = np.full(len(jets["pt"]), -1, dtype=np.int64)
+    gen_index[own] = np.argsort(order)[:n_own]  # where each jet's generator jet lands in pt order
+    stored = order[pt[order] >= GEN_JET_PT_MIN]
+    return {**jets, "genJetIdx": gen_index}, {name: values[stored] for name, values in generated.items()}
 
 
 def _vertices(rng: np.random.Generator, n_jets: int, eta: np.ndarray, phi: np.ndarray, pt: np.ndarray,

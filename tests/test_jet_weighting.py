@@ -14,7 +14,7 @@ from bhive.jet_weighting import WeightingError, class_shares, mean_acceptance, w
 from bhive.plugins.dataloader import LoaderSettings
 from bhive.reweighting import bin_sums, jet_weights, reference_weights
 from bhive.roc import roc_curve, working_point
-from bhive.training.loop import _loss
+from bhive.training.loop import _loss, per_jet_losses
 from dataloaders.shards import ShardDataLoader
 
 BINS_PT = [30.0, 60.0, 120.0, 500.0]
@@ -214,6 +214,10 @@ def test_the_loss_is_normalised_by_the_summed_magnitude() -> None:
     weights = torch.tensor([1.0, -1.0, 0.5, 1.0])
     per_jet = -torch.log_softmax(logits, dim=1)[torch.arange(4), labels]
     by_hand = (per_jet * weights).sum() / weights.abs().sum()
-    assert float(_loss(logits, {"label": labels, "weight": weights})) == pytest.approx(float(by_hand), rel=1e-6)
+    batch = {"label": labels, "weight": weights}
+    classification, _ = per_jet_losses(logits, None, None, batch)
+    torch.testing.assert_close(classification, per_jet)
+    assert float(_loss(classification, batch)) == pytest.approx(float(by_hand), rel=1e-6)
     ones = torch.ones(4)
-    assert float(_loss(logits, {"label": labels, "weight": ones})) == pytest.approx(float(per_jet.mean()), rel=1e-6)
+    assert float(_loss(classification, {"label": labels, "weight": ones})) == pytest.approx(float(per_jet.mean()),
+                                                                                          rel=1e-6)

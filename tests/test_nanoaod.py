@@ -397,3 +397,93 @@ def test_shipped_config_loads_with_the_references_of_every_layout(cfg):
     assert {"BvsAll", "CvsL", "CvsB", "QvsG"} <= set(cfg.discriminators)
     assert cfg.optional_groups == ("cpf", "vtx")
     assert cfg.truth_labels == ("b", "c", "uds", "g") and cfg.reference_flavour == "b"
+
+
+# -- generator jets, linked to each jet through Jet_genJetIdx --------------------------------
+
+GEN_FEATURES = ["Jet_pt", "Jet_eta", "GenJet_pt", "GenJet_eta", "GenJet_partonFlavour"]
+
+
+@pytest.fixture(scope="module")
+def gen_file(tmp_path_factory):
+    # seed 16: matched jets, jets with index -1 and past nGenJet, events without jets and
+    # events with jets but no stored GenJet
+    path = tmp_path_factory.mktemp("genjets") / "genjets_ttbar.root"
+    write_nanoaod(path, N_EVENTS, seed=16, with_gen_jets=True)
+    return path
+
+
+def gen_variant(tmp_path, **changes):
+    return load_config(write_variant(tmp_path, "genjets", global_features=GEN_FEATURES, **changes))
+
+
+def matched_gen_values(events, name):
+    """Per jet, by a loop: ``name`` of the GenJet its Jet_genJetIdx names, NaN where it names none."""
+    values = []
+    for event in events:
+        for index in event["Jet_genJetIdx"]:
+            values.append(event[name][index] if 0 <= index < len(event[name]) else math.nan)
+    return values
+
+
+def test_genjet_fields_are_those_of_each_jets_generator_jet(gen_file, tmp_path):
+    events = read_events(gen_file)
+    cases = [(index, len(e["GenJet_pt"])) for e in events for index in e["Jet_genJetIdx"]]
+    assert any(0 <= i < n for i, n in cases) and any(i == -1 for i, _ in cases) and any(i >= n for i, n in cases)
+    assert any(not e["Jet_pt"] for e in events)
+    assert any(e["Jet_pt"] and not e["GenJet_pt"] for e in events), "an event with jets but no stored GenJet"
+
+    table = jet_table(gen_file, gen_variant(tmp_path), tmp_path)
+    for name in ("GenJet_pt", "GenJet_eta", "GenJet_partonFlavour"):
+        got = ak.to_numpy(table[name])
+        assert got.dtype == np.float32, name  # integer fields too: NaN marks jets without a GenJet
+        np.testing.assert_array_equal(got, np.array(matched_gen_values(events, name), dtype=np.float32), name)
+    unmatched = np.array([not 0 <= i < n for i, n in cases])
+    assert np.isnan(ak.to_numpy(table["GenJet_pt"])[unmatched]).all()
+    assert np.isfinite(ak.to_numpy(table["GenJet_pt"])[~unmatched]).all()
+    for chunksize in (1, 7):  # chunks of one event: with no jets, with jets and no GenJet
+        np.testing.assert_array_equal(ak.to_numpy(jet_table(gen_file, gen_variant(tmp_path), tmp_path, chunksize)
+                                                  ["GenJet_pt"]), ak.to_numpy(table["GenJet_pt"]))
+
+
+def test_genjet_fields_require_the_index_and_their_own_branches(tmp_path):
+    required = NanoAODProcessor(gen_variant(tmp_path), tmp_path, {}).required_branches()
+    assert {"Jet_genJetIdx", "GenJet_pt", "GenJet_eta", "GenJet_partonFlavour"} <= required
+    assert "GenJet_phi" not in required
+    assert "Jet_genJetIdx" not in NanoAODProcessor(load_config("nanoaod_ak4"), tmp_path, {}).required_branches()
+
+
+def test_jets_without_a_generator_jet_are_dropped_as_non_finite_global_features(gen_file, tmp_path):
+    # from 20 GeV, where some jets' generator jets fall below the GenJet threshold
+    cfg = gen_variant(tmp_path, bins_pt=[20, 30, 50, 100, 2000])
+    proc = NanoAODProcessor(cfg, piece_directory=tmp_path / "pieces", file_processes={str(gen_file): 0})
+    (info,) = run(gen_file, proc)["pieces"].values()
+    events = read_events(gen_file)
+    selected = [(e, j) for e in events for j in range(len(e["Jet_pt"]))
+                if 20 <= e["Jet_pt"][j] < 2000 and -2.5 <= e["Jet_eta"][j] < 2.5
+                and flavour_label(e["Jet_hadronFlavour"][j], e["Jet_partonFlavour"][j]) >= 0]
+    unmatched = sum(not 0 <= e["Jet_genJetIdx"][j] < len(e["GenJet_pt"]) for e, j in selected)
+    assert unmatched > 0 and info["counts"]["non_finite"] == unmatched
+    assert info["n_jets"] == len(selected) - unmatched
+
+
+@pytest.mark.filterwarnings("ignore:Performed attempt")  # coffea retries the failing chunk
+def test_a_file_without_jet_genjetidx_is_refused_naming_it(tmp_path):
+    from bhive import construction, inputs
+
+    path = tmp_path / "data_ttbar.root"
+    write_nanoaod(path, 20, seed=16, with_gen_jets=True, with_gen_jet_index=False)
+    cfg = gen_variant(tmp_path)
+    proc = NanoAODProcessor(cfg, tmp_path / "pieces", {})
+    # the checks before processing name the branch
+    with pytest.raises(inputs.InputError, match=r"data_ttbar\.root', tree 'Events': branch\(es\) Jet_genJetIdx "
+                                                r"missing"):
+        construction.check_inputs(cfg, [str(path)], proc)
+    # and the processor, run without those checks, says what the branch is
+    with pytest.raises(Exception) as raised:  # coffea wraps the processor's error, naming the chunk
+        run(path, _JetTables(proc))
+    error = raised.value.__cause__
+    assert isinstance(error, ProcessorError)
+    assert "data_ttbar.root" in str(error)
+    assert "GenJet_eta, GenJet_partonFlavour, GenJet_pt need 'Jet_genJetIdx'" in str(error)
+    assert "linking each jet to its matched GenJet" in str(error) and "only simulation" in str(error)

@@ -35,13 +35,14 @@ from bhive import expressions
 from bhive.config.files import ConfigError, Sources, read_yaml
 from bhive.config.schema import (CANDIDATE_GROUPS, GROUP_KEYS, SCHEMA_COMMAND, ConfigFile, Discriminator, ProcessConfig,
                                  ReweightingConfig, SamplesConfig, TrainingConfig, schema_json)
-from bhive.config.schema import AttackConfig
+from bhive.config.schema import AttackConfig, RegressionTargetConfig
 from bhive.config.values import CUT_KEYS, TRUTH_OPERATORS, TruthCondition, TruthRule, truth_rules
 
 __all__ = [
     "CANDIDATE_GROUPS", "CONFIG_DIR", "CUT_KEYS", "SCHEMA_COMMAND", "TRUTH_OPERATORS", "AttackConfig", "CandidateGroup",
     "Config",
-    "ConfigError", "ConfigFile", "Discriminator", "ProcessConfig", "ReweightingConfig", "SamplesConfig",
+    "ConfigError", "ConfigFile", "Discriminator", "ProcessConfig", "RegressionTargetConfig", "ReweightingConfig",
+    "SamplesConfig",
     "SimulateConfig", "SimulatedProcess", "TrainingConfig", "TruthCondition", "TruthRule", "available_configs", "load_config",
     "schema_json",
 ]
@@ -126,6 +127,7 @@ class Config:
     event_weight: str | None
     reweighting: ReweightingConfig
     attack: AttackConfig
+    regression_targets: dict[str, RegressionTargetConfig]
     truths: tuple[TruthRule, ...]
     reference_flavour: str
     classes: dict[str, tuple[str, ...]]
@@ -200,6 +202,10 @@ class Config:
             names.update(condition.branch for condition in rule.conditions)
         if self.event_weight:
             names.add(self.event_weight)
+        for target in self.regression_targets.values():
+            for expression in (target.source, target.baseline):
+                if expression is not None:
+                    names.update(expressions.branches(expression))
         return names
 
 

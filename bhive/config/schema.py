@@ -21,7 +21,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticUndefined
 
 from bhive import expressions
-from bhive.config.values import (EMPTY_IF_NULL, EMPTY_LIST_IF_NULL, Bool, Cuts, Edges, Expressions, Integer,
+from bhive.config.values import (EMPTY_IF_NULL, EMPTY_LIST_IF_NULL, Bool, Cuts, Edges, Expression, Expressions, Integer,
                                  ModuleName, Name, Names, NonEmpty, Number, ProcessName, Text, Truths, fail, suggest,
                                  truth_rules)
 
@@ -173,6 +173,46 @@ class AttackConfig(Section):
                     "data/simulation width ratios), relative to the config's directory; factors override it")
 
 
+class RegressionTargetConfig(Section):
+    """A continuous quantity predicted next to the flavour classes (``regression_targets.NAME``)."""
+
+    branch: Optional[Name] = Field(None, description="branch with the true value per jet, e.g. gen_pt; exactly one "
+                                                     "of branch, expression")
+    expression: Optional[Expression] = Field(
+        None, description="the true value as an expression over branches, e.g. 'gen_pt / jet_pt'; non-finite "
+                          "values (np.nan for jets without a generator match) are masked in the loss")
+    baseline: Optional[Expression] = Field(
+        None, description="the estimate of the target without regression, a branch or expression (e.g. the reco "
+                          "jet pt for a gen_pt target): the evaluation's 'before'; null: no before")
+    loss: Text("mse", "huber", "quantile", what="regression loss") = Field(
+        "mse", description="mse | huber | quantile (one output per quantile, pinball loss)")
+    quantiles: Annotated[tuple[Number("a quantile 0 < q < 1", gt=0, lt=1), ...], EMPTY_LIST_IF_NULL] = Field(
+        (), description="with loss quantile: the quantiles predicted, e.g. [0.16, 0.5, 0.84]")
+    huber_delta: Number("a number > 0", gt=0) = Field(
+        1.0, description="with loss huber: where the loss turns linear, in standard deviations of the target")
+    weight: Number("a weight > 0", gt=0) = Field(
+        1.0, description="weight of this target's loss beside the classification loss (weight 1)")
+
+    @model_validator(mode="after")
+    def _one_source_and_quantiles(self) -> RegressionTargetConfig:
+        if (self.branch is None) == (self.expression is None):
+            fail("give exactly one of 'branch' (e.g. 'branch: gen_pt') and 'expression'", "branch")
+        if self.loss == "quantile":
+            if not self.quantiles:
+                fail("loss quantile needs the quantiles to predict, e.g. 'quantiles: [0.16, 0.5, 0.84]'", "quantiles")
+            if list(self.quantiles) != sorted(set(self.quantiles)):
+                fail("quantiles must be increasing and distinct", "quantiles")
+        elif self.quantiles:
+            fail(f"quantiles are only used with 'loss: quantile' (the loss is {self.loss}); remove them",
+                 "quantiles")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The true value as an expression (a branch name is one)."""
+        return self.branch if self.branch is not None else self.expression
+
+
 class ReweightingConfig(Section):
     """How the pT x eta weights are derived and checked."""
 
@@ -243,6 +283,9 @@ class ConfigFile(Section):
                     "evaluation; null: every jet weighs 1")
     reweighting: ReweightingConfig = Field(description="checks and options of the pT x eta reweighting")
     attack: AttackConfig = Field(description="per-feature rules of adversarial attacks (--attack, --test-attack)")
+    regression_targets: Annotated[dict[Name, RegressionTargetConfig], EMPTY_IF_NULL] = Field(
+        description="{name: {branch | expression, baseline, loss, quantiles, huber_delta, weight}}: continuous "
+                    "targets predicted next to the flavour (e.g. the generator-level jet pt); {}: none")
     truths: Truths = Field(description="truth labels: a list of boolean branches [isB, isC, ...], or rules "
                                        "label: [{branch: [values or {'>': x}]}, ...] (a jet needs every listed "
                                        "branch to match one of its values)")
@@ -353,6 +396,13 @@ class ConfigFile(Section):
                     expressions.validate(expression, known, unknown_means=unknown_means)
                 except expressions.ExpressionError as error:
                     fail(str(error), key, name)
+        for name, target in self.regression_targets.items():
+            for key in ("branch", "expression", "baseline"):
+                if getattr(target, key) is not None:
+                    try:
+                        expressions.validate(getattr(target, key), known, unknown_means=unknown_means)
+                    except expressions.ExpressionError as error:
+                        fail(str(error), "regression_targets", name, key)
         return self
 
     @model_validator(mode="after")

@@ -211,7 +211,8 @@ def _expression(expression: Any) -> str:
     return expression
 
 
-Expressions = dict[Name, Annotated[str, BeforeValidator(_expression)]]
+Expression = Annotated[str, BeforeValidator(_expression)]
+Expressions = dict[Name, Expression]
 
 
 # --------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from bhive.evaluation.regression import markdown as regression_markdown
 from bhive.evaluation.working_points import TABLE_COLUMNS
 from bhive.store import atomic_write, atomic_write_json
 
@@ -17,19 +18,26 @@ CHARM_COLUMNS = ("discriminators", "derived_on", "working_point", "target_misids
 def write_summary(title: str, config: str, model: str, aucs: Mapping, points: Sequence[Mapping],
                   charm_points: Sequence[Mapping], comparison: Mapping, confusion: Mapping,
                   history: Sequence[Mapping], directory: Path, notes: Sequence[str] = (),
-                  robustness: Sequence[Mapping] = ()) -> dict:
+                  robustness: Sequence[Mapping] = (), regression: Mapping[str, Mapping] | None = None) -> dict:
     """``summary.json`` and ``summary.md`` from the outputs of the other evaluation steps;
     ``notes`` are caveats shown at the top (e.g. a test dataset that also selected the epoch),
-    ``robustness`` the nominal-versus-attacked table of a test attack."""
+    ``robustness`` the nominal-versus-attacked table of a test attack, ``regression`` the
+    response tables of the regression targets (:mod:`bhive.evaluation.regression`)."""
+    regression = dict(regression or {})
     summary = {"config": config, "model": model, "auc": aucs["auc"], "notes": [*notes, *aucs["notes"]],
                "comparison_auc": comparison, "confusion": confusion,
                "working_points": [{k: row[k] for k in TABLE_COLUMNS} for row in points],
                "charm_working_points": [{k: row[k] for k in CHARM_COLUMNS} for row in charm_points],
                "epochs_trained": len(history), "final_val_loss": history[-1].get("val_loss"),
-               "robustness": list(robustness)}
+               "robustness": list(robustness),
+               "regression": {name: {group: per["integrated"] for group, per in table["classes"].items()}
+                              for name, table in regression.items()}}
     atomic_write_json(directory / "summary.json", summary)
     with atomic_write(directory / "summary.md") as stream:
-        stream.write("\n".join(markdown(title, summary, history)) + "\n")
+        lines = markdown(title, summary, history)
+        if regression:
+            lines += ["", regression_markdown(regression)]
+        stream.write("\n".join(lines) + "\n")
     return summary
 
 

@@ -69,7 +69,8 @@ class DataLoaderPlugin(ABC):
     directory:
         the dataset (``meta.json`` + shards).
     groups:
-        the groups the model consumes; masks of candidate groups come along.
+        the groups the model consumes; masks of candidate groups come along. ``target`` among
+        them asks for the regression targets, (n, n_targets) with NaN where a jet has none.
     classes:
         output class -> truth labels, as in the config; jets of other labels are skipped.
     settings:
@@ -88,6 +89,12 @@ class DataLoaderPlugin(ABC):
         self.directory = Path(directory)
         self.meta = dataset.load_meta(self.directory)
         self.groups = tuple(groups)
+        if dataset.TARGET in self.groups and not self.meta.get("targets"):
+            raise ValueError(f"the dataset {self.directory} has no regression targets; build it from a config with "
+                             f"regression_targets (a new --dataset-version)")
+        #: the arrays of the dataset a batch carries
+        self.arrays = tuple(name for g in self.groups
+                            for name in ((g,) if g in ("global", dataset.TARGET) else (g, f"mask_{g}")))
         self.settings = settings
         self.class_of_label = label_map(self.meta["truth_labels"], classes)
         self.validation_directory = Path(validation_directory) if validation_directory else None

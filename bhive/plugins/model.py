@@ -38,18 +38,67 @@ MODELS = Registry("model", "Set `model:` in the config or pass --model-name", er
 
 
 @dataclass(frozen=True)
+class RegressionTarget:
+    """A continuous target a model predicts next to the classes (config ``regression_targets``):
+    its name, its loss and how many outputs the loss needs."""
+
+    name: str
+    loss: str = "mse"                      # mse | huber | quantile
+    quantiles: tuple[float, ...] = ()      # with quantile: one output per quantile
+    huber_delta: float = 1.0               # with huber, in standard deviations of the target
+    weight: float = 1.0                    # beside the classification loss (weight 1)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.quantiles) if self.loss == "quantile" else 1
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "quantiles": list(self.quantiles)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> RegressionTarget:
+        return cls(**{**data, "quantiles": tuple(data.get("quantiles", ()))})
+
+
+@dataclass(frozen=True)
 class InputSpec:
-    """What a model sees of a dataset: feature names per group, candidates per group, and
-    the output classes (by name, in output order)."""
+    """What a model sees of a dataset: feature names per group, candidates per group, the
+    output classes (by name, in output order) and the regression targets (in the order of the
+    dataset's ``target`` columns)."""
 
     features: dict[str, tuple[str, ...]]
     n_candidates: dict[str, int]
     classes: tuple[str, ...]
+    targets: tuple[RegressionTarget, ...] = ()
 
     @classmethod
-    def from_meta(cls, meta: Mapping, classes: Iterable[str]) -> InputSpec:
+    def from_meta(cls, meta: Mapping, classes: Iterable[str],
+                  targets: Mapping[str, Any] | None = None) -> InputSpec:
+        """The spec of a dataset (its ``meta.json``) for ``classes`` and the config's
+        ``regression_targets`` (name -> settings with loss, quantiles, huber_delta, weight),
+        which must be the dataset's targets."""
+        targets = dict(targets or {})
+        if list(targets) != list(meta.get("targets", [])):
+            raise ModelError(f"the config's regression_targets ({', '.join(targets) or 'none'}) are not the "
+                             f"dataset's ({', '.join(meta.get('targets', [])) or 'none'}); build the dataset with "
+                             f"this config (a new --dataset-version)")
         return cls(features={g: tuple(f) for g, f in meta["features"].items()},
-                   n_candidates=dict(meta.get("n_candidates", {})), classes=tuple(classes))
+                   n_candidates=dict(meta.get("n_candidates", {})), classes=tuple(classes),
+                   targets=tuple(RegressionTarget(name, t.loss, tuple(t.quantiles), t.huber_delta, t.weight)
+                                 for name, t in targets.items()))
+
+    @property
+    def n_regression_outputs(self) -> int:
+        return sum(target.n_outputs for target in self.targets)
+
+    def regression_columns(self) -> list[dict]:
+        """Per target: name, loss, quantiles and its columns of the regression output."""
+        out, start = [], 0
+        for target in self.targets:
+            out.append({"name": target.name, "loss": target.loss, "quantiles": list(target.quantiles),
+                        "columns": list(range(start, start + target.n_outputs))})
+            start += target.n_outputs
+        return out
 
     @property
     def n_classes(self) -> int:
@@ -73,12 +122,14 @@ class InputSpec:
 
     def to_json(self) -> dict:
         return {"features": {g: list(f) for g, f in self.features.items()},
-                "n_candidates": self.n_candidates, "classes": list(self.classes)}
+                "n_candidates": self.n_candidates, "classes": list(self.classes),
+                **({"targets": [t.to_json() for t in self.targets]} if self.targets else {})}
 
     @classmethod
     def from_json(cls, data: Mapping) -> InputSpec:
         return cls(features={g: tuple(f) for g, f in data["features"].items()},
-                   n_candidates=dict(data["n_candidates"]), classes=tuple(data["classes"]))
+                   n_candidates=dict(data["n_candidates"]), classes=tuple(data["classes"]),
+                   targets=tuple(RegressionTarget.from_json(t) for t in data.get("targets", ())))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from coffea import processor
 from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
 from bhive import expressions, inputs, pieces, reweighting
-from bhive.dataset import EVENT_WEIGHT
+from bhive.dataset import EVENT_WEIGHT, TARGET, TARGET_BASELINE
 from bhive.config import Config
 from bhive.plugins.registry import Registry
 from bhive.truth import truth_index
@@ -170,7 +170,11 @@ class JetProcessor(processor.ProcessorABC):
             .astype(np.float32) if reference_branches else np.zeros((int(selected.sum()), 0), np.float32)
         if cfg.event_weight:
             arrays[EVENT_WEIGHT] = _scalar(columns, cfg.event_weight, source)[selected].astype(np.float32)
+        if cfg.regression_targets:
+            arrays[TARGET], arrays[TARGET_BASELINE] = self._targets(columns, selected, source)
 
+        # a jet without a valid regression target (no generator match) stays: its target is
+        # masked in the loss, and it is a jet like any other for the flavour
         finite = np.ones(len(arrays["truth"]), dtype=bool)
         for key in ("global", "cpf", "npf", "vtx", "kinematics", EVENT_WEIGHT):
             if key in arrays:
@@ -194,7 +198,29 @@ class JetProcessor(processor.ProcessorABC):
             **sums.to_json(),
             "max_abs_event_weight": float(np.abs(arrays[EVENT_WEIGHT]).max(initial=0.0)) if cfg.event_weight else 1.0,
         }
+        if cfg.regression_targets:
+            valid = np.isfinite(arrays[TARGET]).sum(axis=0)
+            info["valid_targets"] = {name: int(n) for name, n in zip(cfg.regression_targets, valid)}
         return arrays, info
+
+    def _targets(self, columns: dict, selected: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+        """The (jets, targets) true values and baselines; NaN where a value is not finite or a
+        target has no baseline."""
+        n = int(selected.sum())
+        targets = self.cfg.regression_targets
+        values = np.full((n, len(targets)), np.nan, dtype=np.float32)
+        baselines = np.full((n, len(targets)), np.nan, dtype=np.float32)
+        for index, (name, target) in enumerate(targets.items()):
+            for out, expression, what in ((values, target.source, name), (baselines, target.baseline,
+                                                                         f"{name} baseline")):
+                if expression is None:
+                    continue
+                value = expressions.evaluate(expression, columns, f"regression target {what}", source)
+                out[:, index] = (value if np.ndim(value) == 0 else _per_jet(value, what, source)[selected])
+        with np.errstate(invalid="ignore"):
+            values[~np.isfinite(values)] = np.nan
+            baselines[~np.isfinite(baselines)] = np.nan
+        return values, baselines
 
     def _add_custom_features(self, columns: dict, source: str) -> None:
         cfg = self.cfg
@@ -258,6 +284,11 @@ def _scalar(columns: dict, name: str, source: str) -> np.ndarray:
         values = columns[name]
     except KeyError:
         raise ProcessorError(f"{source}: branch '{name}' is missing from the processor's jet table") from None
+    return _per_jet(values, name, source)
+
+
+def _per_jet(values, name: str, source: str) -> np.ndarray:
+    """``values`` (numpy or awkward, one per jet) as a numpy array."""
     if isinstance(values, ak.Array):
         if values.ndim != 1:
             raise ProcessorError(f"{source}: '{name}' has more than one value per jet; use it as a candidate "

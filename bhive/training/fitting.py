@@ -56,7 +56,7 @@ def build(cfg: Config, model_name: str, dataset_dir: Path, seed: int = 42) -> Mo
             raise ModelError(f"class '{name}' of config {cfg.name} uses truth label(s) {', '.join(unknown)} "
                              f"that the dataset {dataset_dir} does not have ({', '.join(meta['truth_labels'])}); "
                              f"rebuild the dataset with this config or fix `classes`")
-    spec = InputSpec.from_meta(meta, cfg.classes)
+    spec = InputSpec.from_meta(meta, cfg.classes, cfg.regression_targets)
     cls = model_class(model_name)
     cls.used_groups(spec)  # a clear error if the dataset lacks a group the model needs
     hyperparameters = cfg.model_settings.get(model_name, {})
@@ -75,8 +75,9 @@ def loader(cfg: Config, model: Model, dataset_dir: Path, settings: TrainingSetti
                                      validation_fraction=cfg.training.validation_fraction,
                                      sampling=settings.sampling, class_weights=settings.class_weights,
                                      negative_weights=settings.negative_weights)
-    return dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
-                                            loader_settings, validation_directory=validation_dir)
+    groups = (*type(model).used_groups(model.spec), *((dataset.TARGET,) if model.spec.targets else ()))
+    return dataloader_class(cfg.dataloader)(dataset_dir, groups, cfg.classes, loader_settings,
+                                            validation_directory=validation_dir)
 
 
 def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, settings: TrainingSettings,

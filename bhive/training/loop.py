@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from bhive.attacks import Attacker, partly_attacked, training_attack
+from bhive.dataset import TARGET
 from bhive.plugins.dataloader import RankShare, rank_rows
 from bhive.plugins.model import TrainingSettings
 from bhive.training import distributed
@@ -47,6 +48,7 @@ from bhive.training.state import (  # noqa: F401  (part of this module's interfa
     seed_everything,
     set_rng_state,
 )
+from bhive.training.regression import per_jet_loss as regression_loss
 from bhive.training.stopping import StopRequest, stop_on_signals
 from bhive.training.transfer import prefetched, to_device
 
@@ -124,12 +126,30 @@ def training_batches(data, epoch: int, workers: int, pin_memory: bool,
     yield from loader
 
 
-def _loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], share: RankShare | None = None, own: int = 0,
+def model_outputs(forward, model, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, standardised regression outputs or None) of ``forward`` (the model, or its
+    DDP or compiled wrapper) on standardised ``inputs``."""
+    if model.spec.targets:
+        return forward(inputs, regression=True)
+    return forward(inputs), None
+
+
+def per_jet_losses(logits: torch.Tensor, regression: torch.Tensor | None, model,
+                   batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each jet's classification loss and, with regression targets, its weighted sum of the
+    targets' losses (``batch``: standardised, with ``target``)."""
+    classification = nn.functional.cross_entropy(logits.float(), batch["label"], reduction="none")
+    if regression is None:
+        return classification, None
+    return classification, regression_loss(regression, batch[TARGET], model.spec.targets)
+
+
+def _loss(per_jet: torch.Tensor, batch: Mapping[str, torch.Tensor], share: RankShare | None = None, own: int = 0,
           n_ranks: int = 1) -> torch.Tensor:
-    """The batch's loss, weighted by the jets' loss weights and normalised by their summed
-    magnitude (a mean where every weight is 1); for the share of one of ``n_ranks`` processes,
-    its part of the whole batch's, times ``n_ranks``: DDP averages the gradients."""
-    per_jet = nn.functional.cross_entropy(logits.float(), batch["label"], reduction="none")
+    """The batch's loss from each jet's (``per_jet``: classification plus regression), weighted
+    by the jets' loss weights and normalised by their summed magnitude (a mean where every
+    weight is 1); for the share of one of ``n_ranks`` processes, its part of the whole batch's,
+    times ``n_ranks``: DDP averages the gradients."""
     weight = batch["weight"]
     if share is None:
         return (per_jet * weight).sum() / weight.abs().sum().clamp_min(1e-12)
@@ -145,22 +165,27 @@ def _format_seconds(seconds: float) -> str:
 def evaluate(model, data, device, settings, where: World = distributed.ONE_PROCESS) -> dict[str, float]:
     """Weighted loss and accuracy over the validation batches (each process's share, summed)."""
     model.eval()
-    total_loss = total_correct = total_weight = 0.0
+    total_loss = total_regression = total_correct = total_weight = 0.0
     batches = data.validation_batches() if where.size == 1 else data.rank_validation_batches(where.rank, where.size)
     with torch.no_grad(), autocast(device, settings.precision):
         for batch in batches:
-            batch = to_device(batch, device)
-            logits = model(model.standardise(batch))
+            batch = model.standardise(to_device(batch, device))
+            logits, regression = model_outputs(model, model, batch)
             weight = batch["weight"]
-            per_jet = nn.functional.cross_entropy(logits.float(), batch["label"], reduction="none")
-            total_loss += float((per_jet * weight).sum())
+            classification, regression = per_jet_losses(logits, regression, model, batch)
+            total_loss += float((classification * weight).sum())
+            if regression is not None:
+                total_regression += float((regression * weight).sum())
             total_correct += float(((logits.argmax(dim=1) == batch["label"]).float() * weight).sum())
             total_weight += float(weight.sum())
-    total_loss, total_correct, total_weight = distributed.summed([total_loss, total_correct, total_weight],
-                                                                 where, device)
+    total_loss, total_regression, total_correct, total_weight = distributed.summed(
+        [total_loss, total_regression, total_correct, total_weight], where, device)
     if total_weight == 0:
         return {}
-    return {"val_loss": total_loss / total_weight, "val_accuracy": total_correct / total_weight}
+    record = {"val_loss": (total_loss + total_regression) / total_weight, "val_accuracy": total_correct / total_weight}
+    if model.spec.targets:
+        record["val_regression_loss"] = total_regression / total_weight
+    return record
 
 
 @dataclass
@@ -293,8 +318,10 @@ def _train_epoch(run: _Training, data, epoch: int, skip: int, sums: EpochSums, s
         if run.attacker is not None:
             inputs = partly_attacked(run.attacker, inputs, batch["label"], settings.attack_fraction)
         with autocast(device, settings.precision):
-            logits = run.forward(inputs)
-        loss = _loss(logits, batch, share, own, where.size)
+            logits, regression = model_outputs(run.forward, model, inputs)
+        classification, regression = per_jet_losses(logits, regression, model, inputs)
+        loss = _loss(classification if regression is None else classification + regression, batch, share, own,
+                     where.size)
         if share is None and not torch.isfinite(loss):
             raise TrainingError(f"the loss became {loss.item()} in epoch {epoch + 1}, batch {index}: lower the "
                                 f"learning rate, enable gradient clipping, or check the inputs for extreme values")
