@@ -37,7 +37,7 @@ class DeviceResidentLoader(ShardDataLoader):
             return
         shards = {(str(directory), name): (directory, name)
                   for directory, name, _, _ in [*self._train_ranges, *self._validation_ranges]}
-        needed = sum(self._shard(*where)[key].nbytes for where in shards.values() for key in self.arrays)
+        needed = sum(self._shard(*where)[key].nbytes for where in shards.values() for key in self.batch_arrays)
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             if needed > MEMORY_SHARE * free:
@@ -48,7 +48,7 @@ class DeviceResidentLoader(ShardDataLoader):
         self._device, self._resident = device, {}
         for key, (directory, name) in shards.items():
             shard = self._shard(directory, name)
-            arrays = {array: torch.from_numpy(np.array(shard[array])) for array in self.arrays}
+            arrays = {array: torch.from_numpy(np.array(shard[array])) for array in self.batch_arrays}
             arrays["label"] = torch.from_numpy(self.class_of_label[np.asarray(shard["truth"])].astype(np.int64))
             for kind in ("sampled", "training"):
                 arrays[kind] = torch.from_numpy(self._shard_weights(directory, name, kind).astype(np.float32))
@@ -71,7 +71,7 @@ class DeviceResidentLoader(ShardDataLoader):
         (directory, name, start, _), rows = piece
         arrays = self._resident[(str(directory), name)]
         index = torch.from_numpy(start + np.asarray(rows, dtype=np.int64)).to(self._device)
-        batch = {key: arrays[key][index] for key in self.arrays}
+        batch = {key: arrays[key][index] for key in self.batch_arrays}
         batch["label"] = arrays["label"][index]
         batch["weight"] = arrays["sampled" if sampled else "training"][index]
         return batch

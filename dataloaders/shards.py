@@ -84,7 +84,7 @@ class ShardDataLoader(DataLoaderPlugin):
     def _views(self, directory, name, start, stop) -> Batch:
         """Memory-mapped rows of one block (no copy yet), with labels and reweighting weights."""
         shard = self._shard(directory, name)
-        batch = {key: shard[key][start:stop] for key in self.arrays}
+        batch = {key: shard[key][start:stop] for key in self.batch_arrays}
         batch["label"] = self.class_of_label[shard["truth"][start:stop]]
         batch["weight"] = shard["weight"][start:stop]
         return batch
@@ -128,7 +128,7 @@ class ShardDataLoader(DataLoaderPlugin):
     def _read(self, piece: Piece, sampled: bool = False) -> Batch:
         """The rows of one piece, one gather per array straight from the memory map."""
         block, rows = piece
-        batch = {key: np.asarray(self._column(block, key)[rows]) for key in self.arrays}
+        batch = {key: np.asarray(self._column(block, key)[rows]) for key in self.batch_arrays}
         batch["label"] = self.class_of_label[self._column(block, "truth")[rows]]
         batch["weight"] = self._loss_weights(block, rows, sampled)
         return batch

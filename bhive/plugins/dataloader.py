@@ -92,8 +92,8 @@ class DataLoaderPlugin(ABC):
         if dataset.TARGET in self.groups and not self.meta.get("targets"):
             raise ValueError(f"the dataset {self.directory} has no regression targets; build it from a config with "
                              f"regression_targets (a new --dataset-version)")
-        #: the arrays of the dataset a batch carries
-        self.arrays = tuple(name for g in self.groups
+        #: the dataset's arrays a batch carries: the groups, their masks and the targets asked for
+        self.batch_arrays = tuple(name for g in self.groups
                             for name in ((g,) if g in ("global", dataset.TARGET) else (g, f"mask_{g}")))
         self.settings = settings
         self.class_of_label = label_map(self.meta["truth_labels"], classes)
