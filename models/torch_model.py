@@ -102,7 +102,10 @@ class TorchModel(nn.Module, Model):
     # -- standardisation -----------------------------------------------------------------
 
     def set_standardisation(self, statistics: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """(mean, width) per used group and, where given, of the regression targets."""
         for group in self.standardised_groups():
+            if group == TARGET and group not in statistics:
+                continue
             mean, std = statistics[group]
             getattr(self, f"mean_{group}").copy_(torch.as_tensor(mean))
             getattr(self, f"std_{group}").copy_(torch.as_tensor(std))

@@ -325,3 +325,27 @@ def test_two_processes_train_the_regression_as_one_does(trained, tmp_path, monke
     two = training.train(cfg, "DNN", directory, tmp_path / "two", settings, devices=2)
     for key in ("loss", "val_loss", "val_regression_loss"):
         np.testing.assert_allclose([r[key] for r in two], [r[key] for r in one], rtol=1e-5)
+
+
+def test_the_tasks_evaluate_the_regression(tmp_path, monkeypatch, store) -> None:
+    import json
+
+    import luigi
+
+    from tasks.evaluation import EvaluationTask, RegressionTask
+    from tests.deepntuple_files import write_samples
+    from tests.test_training_tasks import SMALL
+
+    samples = write_samples(tmp_path / "samples", 600)
+    write_config(tmp_path / "configs", "unit", unit_config(
+        samples, model_settings=SMALL, training={"epochs": 2, "batch_size": 128}, regression_targets=TARGETS))
+    monkeypatch.setenv("BHIVE_CONFIG_DIR", str(tmp_path / "configs"))
+    task = EvaluationTask(config="unit", version="v1", model_name="DNN", executor="iterative")
+    assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+    tables = json.loads(RegressionTask.req(task).local_path("regression.json").read_text())
+    assert set(tables) == {"scaled_pt", "pt"}
+    assert (RegressionTask.req(task).local_path("plots") / "pt_resolution_vs_pt.png").exists()
+    summary = json.loads(task.local_path("summary.json").read_text())
+    assert summary["regression"]["scaled_pt"]["all"] == tables["scaled_pt"]["classes"]["all"]["integrated"]
+    text = task.local_path("summary.md").read_text()
+    assert "## Regression of scaled_pt" in text and "## Regression of pt" in text
