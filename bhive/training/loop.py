@@ -48,6 +48,7 @@ from bhive.training.state import (  # noqa: F401  (part of this module's interfa
     seed_everything,
     set_rng_state,
 )
+from bhive.training.observers import stop_reason, training_observers
 from bhive.training.regression import per_jet_loss as regression_loss
 from bhive.training.stopping import StopRequest, stop_on_signals
 from bhive.training.transfer import prefetched, to_device
@@ -393,6 +394,9 @@ def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -
         run.forward = torch.compile(run.forward)
 
     writer = _tensorboard(workdir) if where.rank == 0 else None
+    observers = training_observers(settings, workdir) if where.rank == 0 else []
+    for observer in observers:
+        observer.started(model, settings)
     started = time.perf_counter()
     try:
         with stop_on_signals() as stop:
@@ -405,7 +409,13 @@ def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -
                         writer.add_scalar(key, value, epoch + 1)
                 remaining = (time.perf_counter() - started) / (epoch + 1 - start_epoch) * (settings.epochs - epoch - 1)
                 say(_epoch_line(record, settings.epochs, remaining))
+                reason = stop_reason(observers, record)
+                if distributed.any_process(reason is not None, where, device):
+                    record["stopped"] = reason or "asked by the process that writes"
                 run.checkpoint(epoch + 1)
+                if "stopped" in record:
+                    say(f"stopping after epoch {epoch + 1}: {record['stopped']}")
+                    break
                 if settings.patience > 0 and run.since_best >= settings.patience:
                     say(f"early stopping: no better validation loss for {settings.patience} epochs")
                     break
@@ -422,6 +432,8 @@ def fit(model, data, settings, workdir: Path, resume: bool = False, log=print) -
     if where.rank == 0 and (workdir / BEST).exists():
         model.load_state_dict(load_tensors(workdir / BEST, device))
     model.to("cpu")
+    for observer in observers:
+        observer.finished(run.history, model)
     return run.history
 
 
