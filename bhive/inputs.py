@@ -178,7 +178,9 @@ def check_branches(path: str, treename: str, available: set[str], branches: set[
             ("reference tagger branch(es)", missing & reference_branches - truth_branches,
              "fix `reference_taggers` in the config: list only taggers these ntuples store"),
             ("branch(es)", missing - truth_branches - reference_branches,
-             "remove them from the config's features or use other ntuples")):
+             ("the config reads them (features, regression targets, event weight) or the processor needs them "
+              "to read branches the config names (an index or matching branch); remove what needs them from the "
+              "config or use ntuples that have them"))):
         if names:
             raise InputError(f"{where}: {kind} {', '.join(sorted(names))} missing; {fix}")
 

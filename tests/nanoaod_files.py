@@ -12,14 +12,16 @@ three layouts CMS produces (:data:`LAYOUTS`):
   DeepJet, ParticleNet and RobustParT scores.
 
 Every layout has ``Jet_svIdx1``/``Jet_svIdx2`` (``with_sv_index``), ``Jet_hadronFlavour``,
-``Jet_partonFlavour`` and ``Jet_genJetIdx`` (``with_gen_jet_index``); ``with_gen_jets`` adds
-the ``GenJet`` collection (``nGenJet``/``GenJet_*``) that ``Jet_genJetIdx`` then points into,
-stored above a pt threshold as NanoAOD does, so some indices point past the stored list. The
-events do not depend on the layout: the same seed gives the same jets, vertices and candidates
-in each, only the branches written differ. Content is random but shaped like the real thing:
-jet constituents scattered around the jet axis, pileup candidates and stray vertices far from
-any jet, displaced tracks and vertices in heavy-flavour jets, and -1 for the track quantities
-of candidates without a track.
+``Jet_partonFlavour``, ``Jet_rawFactor`` (1 - raw/corrected pt, in [0, 0.3)) and
+``Jet_genJetIdx`` (``with_gen_jet_index``), and the ``GenJet`` collection
+(``nGenJet``/``GenJet_*``, ``with_gen_jets``) that ``Jet_genJetIdx`` points into, generator
+jets with a pt near their jet's, stored above a pt threshold as NanoAOD does: some indices point
+past the stored list, and -1 marks jets without one (mostly pileup, and a few whose generator
+jet is stored but not matched). The events do not depend on the layout: the same seed gives the
+same jets, vertices and candidates in each, only the branches written differ. Content is random
+but shaped like the real thing: jet constituents scattered around the jet axis, pileup
+candidates and stray vertices far from any jet, displaced tracks and vertices in heavy-flavour
+jets, and -1 for the track quantities of candidates without a track.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ _UPART = {f"btagUParTAK4{name}": _F for name in ("B", "CvB", "CvL", "CvNotB", "Q
                                                   "probc", "probuds", "probg")}
 _ROBUST_PART = {f"btagRobustParTAK4{name}": _F for name in ("B", "CvB", "CvL", "QG")}
 _JET = {"pt": _F, "eta": _F, "phi": _F, "mass": _F, "nConstituents": _U8, "hadronFlavour": _U8,
-        "partonFlavour": _I16, "genJetIdx": _I16}
+        "partonFlavour": _I16, "genJetIdx": _I16, "rawFactor": _F}
 _SV_INDEX = {"svIdx1": _I16, "svIdx2": _I16}
 #: the SV table of central NanoAOD (16 branches)
 _SV = {"pt": _F, "eta": _F, "phi": _F, "mass": _F, "x": _F, "y": _F, "z": _F, "dxy": _F, "dxySig": _F, "dlen": _F,
@@ -56,6 +58,10 @@ _LINKS = {"jetIdx": _I16, "pFCandsIdx": _I16}
 _GEN_JET = {"pt": _F, "eta": _F, "phi": _F, "mass": _F, "partonFlavour": _I16, "hadronFlavour": _U8}
 #: GenJets below this pt are not stored; the reco jets' Jet_genJetIdx still counts them
 GEN_JET_PT_MIN = 20.0
+#: Jet_rawFactor = 1 - raw pt / corrected pt is drawn in [0, RAW_FACTOR_MAX)
+RAW_FACTOR_MAX = 0.3
+#: share of jets whose generator jet is stored but not matched to them (Jet_genJetIdx -1)
+GEN_JET_MISMATCHED = 0.05
 
 #: per layout: the jet score branches and the PF candidate collection (name, fields), if any
 _TAGGERS = {"pfnano": {**_DEEPJET, **_PNET_V12}, "v15": {**_DEEPJET, **_PNET_V15, **_UPART},
@@ -64,7 +70,7 @@ _CANDIDATES = {"pfnano": ("PFCands", _PF_BTV), "v15": ("PFCand", _PF_CENTRAL), "
 
 
 def write_nanoaod(path: Path | str, n_events: int, seed: int, layout: str = "pfnano", with_association: bool = True,
-                  with_sv_index: bool = True, with_sv: bool = True, with_gen_jets: bool = False,
+                  with_sv_index: bool = True, with_sv: bool = True, with_gen_jets: bool = True,
                   with_gen_jet_index: bool = True) -> int:
     """Write ``n_events`` NanoAOD-like events in ``layout`` to ``path``; returns the number of jets.
 
@@ -72,15 +78,18 @@ def write_nanoaod(path: Path | str, n_events: int, seed: int, layout: str = "pfn
     only layout that has one); ``with_sv_index`` adds ``Jet_svIdx1``/``Jet_svIdx2``; without
     ``with_sv`` there is no ``SV_*`` collection, as in skims. Without the links a reader has to
     match by dR. ``with_gen_jets`` adds ``nGenJet``/``GenJet_*`` and points ``Jet_genJetIdx``
-    into them (-1: no generator jet; past ``nGenJet``: one below :data:`GEN_JET_PT_MIN`); they
-    are drawn from a generator of their own, so everything else stays as without them. Without
-    ``with_gen_jet_index`` there is no ``Jet_genJetIdx``, as in data.
+    into them (-1: no generator jet; past ``nGenJet``: one below :data:`GEN_JET_PT_MIN`);
+    without it ``Jet_genJetIdx`` points into no stored collection. Without ``with_gen_jet_index``
+    there is no ``Jet_genJetIdx``, as in data. The generator jets and ``Jet_rawFactor`` are drawn
+    from generators of their own, so every other branch is the same with or without them.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; layouts: {', '.join(LAYOUTS)}")
     rng = np.random.default_rng(seed)
     events = [_event(rng) for _ in range(n_events)]
     jets, svs, candidates, links = (list(parts) for parts in zip(*events)) if events else ([], [], [], [])
+    raw_rng = np.random.default_rng([seed, 2])
+    jets = [{**event, "rawFactor": raw_rng.uniform(0.0, RAW_FACTOR_MAX, len(event["pt"]))} for event in jets]
 
     jet_fields = {**_JET, **_TAGGERS[layout], **(_SV_INDEX if with_sv_index else {})}
     if not with_gen_jet_index:
@@ -89,6 +98,10 @@ def write_nanoaod(path: Path | str, n_events: int, seed: int, layout: str = "pfn
     if with_gen_jets:
         gen_rng = np.random.default_rng([seed, 1])
         jets, gen_jets = zip(*(_gen_jets(gen_rng, event) for event in jets)) if jets else ([], [])
+        # the dR matching fails for a few jets (labelled ones too): -1, their GenJet stays stored
+        mismatch_rng = np.random.default_rng([seed, 3])
+        jets = [{**event, "genJetIdx": np.where(mismatch_rng.random(len(event["pt"])) < GEN_JET_MISMATCHED, -1,
+                                                event["genJetIdx"])} for event in jets]
     arrays = {"Jet": _collection(list(jets), jet_fields)}
     if gen_jets is not None:
         arrays["GenJet"] = _collection(list(gen_jets), _GEN_JET)

@@ -107,6 +107,7 @@ def test_missing_branches_are_listed(samples, configure, run_and_fail):
     configure(samples, global_features=["jet_pt", "jet_eta", "npv", "jet_mass", "nCpfcand"])
     message = run_and_fail()
     assert "jet_mass" in message and "nCpfcand" in message and "train_" in message
+    assert "the config reads them" in message and "use ntuples that have them" in message
 
 
 def test_branch_read_only_by_an_expression_is_checked_before_processing(samples, configure, run_and_fail):

@@ -168,6 +168,9 @@ def test_every_expression_in_the_shipped_configs_is_allowed() -> None:
         custom = {**cfg.global_custom_features}
         for group in cfg.candidate_groups.values():
             custom.update(group.custom_features)
+        for target_name, target in cfg.regression_targets.items():  # value and baseline (nanoaod_ak4's raw pt)
+            custom.update({f"regression_targets.{target_name}.{key}": expression for key, expression
+                           in (("value", target.source), ("baseline", target.baseline)) if expression is not None})
         known = branch_names(cfg.simulate.branch_style) if cfg.simulate else None
         for feature, expression in custom.items():
             read = validate(expression, known, feature, source=name)

@@ -76,6 +76,11 @@ def read_events(path):
     return uproot.open(path)[TREE].arrays(library="ak").tolist()
 
 
+def same_table(a, b):
+    """Equal jet tables; GenJet_* are NaN for jets without a generator jet in both."""
+    return a.fields == b.fields and ak.array_equal(a, b, equal_nan=True)
+
+
 def delta_r(eta1, phi1, eta2, phi2):
     d_phi = math.remainder(phi1 - phi2, 2 * math.pi)
     return math.hypot(eta1 - eta2, d_phi)
@@ -124,10 +129,13 @@ def test_one_row_per_jet_in_event_then_jet_order(files, cfg, tmp_path):
     table = jet_table(files["linked"], cfg, tmp_path)
 
     for name in ("Jet_pt", "Jet_eta", "Jet_nConstituents", "Jet_hadronFlavour", "Jet_partonFlavour",
-                 "Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_btagDeepFlavCvB"):
+                 "Jet_btagDeepFlavB", "Jet_btagDeepFlavCvL", "Jet_btagDeepFlavCvB", "Jet_rawFactor"):
         expected = [value for event in events for value in event[name]]
         assert table[name].tolist() == expected, name
     assert table["PV_npvs"].tolist() == [event["PV_npvs"] for event in events for _ in event["Jet_pt"]]
+    # the regression target's branch: the pt of each jet's generator jet, NaN without one
+    np.testing.assert_array_equal(ak.to_numpy(table["GenJet_pt"]),
+                                  np.array(matched_gen_values(events, "GenJet_pt"), dtype=np.float32))
 
 
 def in_file(name, prefix):
@@ -203,7 +211,7 @@ def test_chunks_give_the_same_table_as_whole_files(files, cfg, tmp_path):
     for path in files.values():
         whole = jet_table(path, cfg, tmp_path)
         chunked = jet_table(path, cfg, tmp_path, chunksize=7)
-        assert chunked.tolist() == whole.tolist(), path.name
+        assert same_table(chunked, whole), path.name
 
 
 def test_chunks_without_jets_give_empty_tables_and_pieces(cfg, tmp_path):
@@ -212,7 +220,7 @@ def test_chunks_without_jets_give_empty_tables_and_pieces(cfg, tmp_path):
     n_jets = [len(event["Jet_pt"]) for event in read_events(path)]
     assert 0 in n_jets
     one_event_chunks = jet_table(path, cfg, tmp_path, chunksize=1)
-    assert one_event_chunks.tolist() == jet_table(path, cfg, tmp_path).tolist()
+    assert same_table(one_event_chunks, jet_table(path, cfg, tmp_path))
 
     proc = NanoAODProcessor(cfg, piece_directory=tmp_path / "pieces", file_processes={str(path): 0})
     infos = run(path, proc, chunksize=1)["pieces"].values()
@@ -228,6 +236,8 @@ def test_required_branches_add_the_matching_axes_but_not_the_optional_links(cfg,
     assert {"Jet_eta", "Jet_phi", "SV_eta", "SV_phi", "PFCand_eta", "PFCand_phi", "SV_dxySig",
             "PFCand_pt", "PV_npvs", "Jet_btagDeepFlavB", "Jet_btagPNetQvG"} <= required
     assert not required & {"Jet_svIdx1", "Jet_svIdx2", "JetPFCands_jetIdx", "JetPFCands_pFCandsIdx"}
+    # the regression target and its baseline: GenJet_pt through the index, the raw pt
+    assert {"GenJet_pt", "Jet_genJetIdx", "Jet_rawFactor"} <= required
     assert processor_class("NanoAODProcessor") is NanoAODProcessor
 
 
@@ -302,7 +312,7 @@ def test_either_prefix_names_the_files_candidates(tmp_path, prefix):
     write_nanoaod(btv, N_EVENTS, seed=15, layout="pfnano", with_association=False)
     cfg = common_variant(tmp_path, prefix)
     from_central, from_btv = jet_table(central, cfg, tmp_path), jet_table(btv, cfg, tmp_path)
-    assert f"{prefix}pt" in from_central.fields and from_central.tolist() == from_btv.tolist()
+    assert f"{prefix}pt" in from_central.fields and same_table(from_central, from_btv)
     assert ak.sum(ak.num(from_central[f"{prefix}pt"])) > 0
 
 
@@ -356,6 +366,16 @@ def test_process_writes_a_piece_with_the_documented_shapes(files, btv_cfg, tmp_p
     assert arrays["truth"].shape == (n,) and arrays["kinematics"].shape == (n, 2)
     assert arrays["extras"].shape == (n, len(cfg.reference_branches()))
     assert (arrays["process"] == 0).all()
+    assert arrays["target"].shape == arrays["target_baseline"].shape == (n, 1)
+    assert arrays["target"].dtype == arrays["target_baseline"].dtype == np.float32
+    np.testing.assert_array_equal(arrays["target"][:, 0],
+                                  np.array([e["GenJet_pt"][e["Jet_genJetIdx"][j]]
+                                            if 0 <= e["Jet_genJetIdx"][j] < len(e["GenJet_pt"]) else math.nan
+                                            for e, j in kept], dtype=np.float32))
+    np.testing.assert_allclose(arrays["target_baseline"][:, 0],
+                               [e["Jet_pt"][j] * (1 - e["Jet_rawFactor"][j]) for e, j in kept], rtol=1e-6)
+    valid = int(np.isfinite(arrays["target"]).sum())
+    assert info["valid_targets"] == {"gen_pt": valid} and 0 < valid < n  # unmatched jets are kept
 
     np.testing.assert_array_equal(arrays["truth"],
                                   [flavour_label(e["Jet_hadronFlavour"][j], e["Jet_partonFlavour"][j])
@@ -397,6 +417,9 @@ def test_shipped_config_loads_with_the_references_of_every_layout(cfg):
     assert {"BvsAll", "CvsL", "CvsB", "QvsG"} <= set(cfg.discriminators)
     assert cfg.optional_groups == ("cpf", "vtx")
     assert cfg.truth_labels == ("b", "c", "uds", "g") and cfg.reference_flavour == "b"
+    (name, target), = cfg.regression_targets.items()
+    assert name == "gen_pt" and target.branch == "GenJet_pt" and target.baseline == "Jet_pt * (1 - Jet_rawFactor)"
+    assert target.loss == "quantile" and target.quantiles == (0.16, 0.5, 0.84)
 
 
 # -- generator jets, linked to each jet through Jet_genJetIdx --------------------------------
@@ -450,7 +473,8 @@ def test_genjet_fields_require_the_index_and_their_own_branches(tmp_path):
     required = NanoAODProcessor(gen_variant(tmp_path), tmp_path, {}).required_branches()
     assert {"Jet_genJetIdx", "GenJet_pt", "GenJet_eta", "GenJet_partonFlavour"} <= required
     assert "GenJet_phi" not in required
-    assert "Jet_genJetIdx" not in NanoAODProcessor(load_config("nanoaod_ak4"), tmp_path, {}).required_branches()
+    without = load_config(write_variant(tmp_path, "no_targets", regression_targets={}))
+    assert "Jet_genJetIdx" not in NanoAODProcessor(without, tmp_path, {}).required_branches()
 
 
 def test_jets_without_a_generator_jet_are_dropped_as_non_finite_global_features(gen_file, tmp_path):
@@ -475,10 +499,12 @@ def test_a_file_without_jet_genjetidx_is_refused_naming_it(tmp_path):
     write_nanoaod(path, 20, seed=16, with_gen_jets=True, with_gen_jet_index=False)
     cfg = gen_variant(tmp_path)
     proc = NanoAODProcessor(cfg, tmp_path / "pieces", {})
-    # the checks before processing name the branch
+    # the checks before processing name the branch, which the config does not name itself
     with pytest.raises(inputs.InputError, match=r"data_ttbar\.root', tree 'Events': branch\(es\) Jet_genJetIdx "
-                                                r"missing"):
+                                                r"missing; the config reads them .* or the processor needs them to "
+                                                r"read branches the config names") as refused:
         construction.check_inputs(cfg, [str(path)], proc)
+    assert "remove what needs them from the config or use ntuples that have them" in str(refused.value)
     # and the processor, run without those checks, says what the branch is
     with pytest.raises(Exception) as raised:  # coffea wraps the processor's error, naming the chunk
         run(path, _JetTables(proc))

@@ -3,7 +3,8 @@
 Each layout's files go through dataset construction, and every jet of the dataset is compared
 with what plain numpy over the events read back with uproot gives: selection, truth label,
 global features, the candidates of each group with every feature the config computes from
-them, and the reference-tagger scores. tests/test_nanoaod.py checks the processor's matching
+them, the reference-tagger scores and the regression target (the GenJet pt through
+Jet_genJetIdx, NaN without one) with its baseline (the raw pt). tests/test_nanoaod.py checks the processor's matching
 in detail; here the point is the whole config on the branch sets CMS writes.
 """
 
@@ -114,9 +115,13 @@ def expected_jets(paths, cfg, process_of):
                 truth = label(event["Jet_hadronFlavour"][jet], event["Jet_partonFlavour"][jet])
                 if not (BINS_PT[0] <= pt < BINS_PT[1] and BINS_ETA[0] <= eta < BINS_ETA[1]) or truth < 0:
                     continue
+                gen = int(event["Jet_genJetIdx"][jet])  # -1 or past nGenJet: no stored generator jet
                 row = {"truth": truth, "process": process_of(path),
                        "global": [pt, eta, event["Jet_mass"][jet], event["Jet_nConstituents"][jet], event["PV_npvs"]],
-                       "extras": [event[branch][jet] for branch in references], "mc_weight": event["genWeight"]}
+                       "extras": [event[branch][jet] for branch in references], "mc_weight": event["genWeight"],
+                       "gen_index": gen, "n_gen": int(event["nGenJet"]),
+                       "target": [event["GenJet_pt"][gen] if 0 <= gen < event["nGenJet"] else math.nan],
+                       "target_baseline": [float(pt) * (1 - float(event["Jet_rawFactor"][jet]))]}
                 if prefix is not None:
                     row["cpf"] = [candidate_row(event, prefix, c, pt, eta, phi)
                                   for c in jet_candidates(event, jet, prefix)]
@@ -138,6 +143,13 @@ def assert_dataset_is(meta, arrays, expected, groups):
     # the event's generator weight on each of its jets, summed per label and bin for the reweighting
     np.testing.assert_allclose(arrays["mc_weight"], [row["mc_weight"] for row in rows], rtol=1e-6)
     assert (arrays["mc_weight"] < 0).any() and meta["event_weight"] == "genWeight"
+    # gen_pt: the GenJet pt of each jet, NaN for jets without one (kept); the raw pt as baseline
+    assert meta["targets"] == ["gen_pt"] and arrays["target"].shape == arrays["target_baseline"].shape == (len(rows), 1)
+    np.testing.assert_array_equal(arrays["target"], np.array([row["target"] for row in rows], dtype=np.float32))
+    np.testing.assert_allclose(arrays["target_baseline"], [row["target_baseline"] for row in rows], rtol=1e-6)
+    unmatched = np.isnan(arrays["target"][:, 0])
+    assert 0 < unmatched.sum() < len(rows) / 2 and meta["valid_targets"] == {"gen_pt": int((~unmatched).sum())}
+    assert ((arrays["target_baseline"] < arrays["kinematics"][:, :1]) & (arrays["target_baseline"] > 0)).all()
     for index in range(len(meta["truth_labels"])):
         chosen = arrays["truth"] == index
         by_hand, _, _ = np.histogram2d(arrays["kinematics"][chosen, 0], arrays["kinematics"][chosen, 1],
