@@ -134,8 +134,9 @@ def test_a_whole_group_moves_with_its_mask():
 
 
 def test_the_reduced_snippet_keeps_the_top_features_in_config_order(tmp_path):
-    write_config(tmp_path, "unit", unit_config(tmp_path, global_features=["jet_pt", "jet_eta", "npv", "jet_mass"],
-                                               cpf_custom_features={"log_cand_pt": "np.log(pfcand_pt)"}))
+    config = unit_config(tmp_path, global_features=["jet_pt", "jet_eta", "npv", "jet_mass"],
+                         cpf_custom_features={"log_cand_pt": "np.log(pfcand_pt)"})
+    write_config(tmp_path, "unit", config)
     cfg = load_config("unit", config_dir=tmp_path)
     scores = {("global", "jet_pt"): 0.01, ("global", "jet_eta"): 0.0, ("global", "npv"): 0.2,
               ("global", "jet_mass"): 0.3, ("global", "log_pt"): 0.1, ("cpf", "pfcand_pt"): 0.0,
@@ -153,6 +154,10 @@ def test_the_reduced_snippet_keeps_the_top_features_in_config_order(tmp_path):
     assert list(yaml.safe_load(text)) == ["global_features", "global_custom_features", "cpf_candidates",
                                           "cpf_custom_features"]
     assert "pt_key and eta_key): jet_pt, jet_eta" in text and "left out: vtx" in text
+    # pasted over the config's keys, the snippet gives a valid config
+    write_config(tmp_path, "reduced", {**config, **yaml.safe_load(text)})
+    reduced = load_config("reduced", config_dir=tmp_path)
+    assert reduced.global_custom_features == {} and reduced.candidate_groups["cpf"].features == ("pfcand_sip",)
     with pytest.raises(ReducedFeaturesError, match="--top 0"):
         reduced_features(scores, cfg, top=0)
     with pytest.raises(ReducedFeaturesError, match="sv_energy.*not in the config"):
