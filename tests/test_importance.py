@@ -11,6 +11,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
+from bhive import dataset
 from bhive.config import load_config
 from bhive.evaluation import importance
 from bhive.evaluation.reduced_features import ReducedFeaturesError, reduced_features, reduced_yaml
@@ -83,6 +84,30 @@ def test_the_informative_feature_ranks_first_and_noise_near_zero(trained):
     by_hand = result.nominal["BvsL"] - roc_auc_score(jets.label == 0, permuted_scores[:, 0])
     x_row = next(row for row in features if row["feature"] == "x")
     assert x_row["losses"][2] == pytest.approx(by_hand, abs=1e-12)
+
+
+def test_a_torch_model_scoring_with_one_feature_loses_nothing_to_the_others():
+    """A PyTorch model, through its own predict, whose b logit is 2 x and whose other inputs
+    have zero weight: shuffling them cannot change a score."""
+    import torch
+
+    from bhive.plugins.model import model_class
+
+    spec = InputSpec(features={"global": SPEC.features["global"]}, n_candidates={}, classes=("b", "l"))
+    model = model_class("DNN").create(spec, hidden=[], dropout=0.0)
+    (linear,) = [module for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+        linear.weight[0, 0] = 2.0
+    toy = toy_jets(2000, seed=8)
+    jets = importance.Jets({"global": toy.inputs["global"]}, toy.label)
+    result = importance.measure_importance(model, jets, BVSL, repeats=3, seed=0)
+    x = jets.inputs["global"][:, 0]
+    assert result.nominal["BvsL"] == pytest.approx(roc_auc_score(jets.label == 0, x), abs=1e-12)
+    features = importance.ranking(result, "BvsL", whole_groups=False)
+    assert features[0]["feature"] == "x" and features[0]["auc_loss"] > 0.2
+    assert [(row["auc_loss"], row["std"]) for row in features[1:]] == [(0.0, 0.0), (0.0, 0.0)]
 
 
 def test_repeats_give_a_spread_and_a_seed_gives_one_result(trained):
@@ -187,8 +212,16 @@ def test_feature_importance_task_through_law(tmp_path, monkeypatch, store):
 
     # the nominal AUC is scikit-learn's on the same seeded subset of the test jets
     model = load_model(TrainingTask.req(task).local_path("model"))
-    jets = importance.select_jets(scoring_loader(task.cfg, model, task.requires()["test"].output_directory()),
-                                  400, task.seed)
+    test_dir = task.requires()["test"].output_directory()
+    loader = scoring_loader(task.cfg, model, test_dir)
+    jets = importance.select_jets(loader, 400, task.seed)
+    # a seeded subset of the dataset's rows, as stored, padding and masks included
+    stored = [dataset.open_shard(test_dir, shard["name"]) for shard in dataset.load_meta(test_dir)["shards"]]
+    stored_rows = {row.tobytes() for shard in stored for row in np.asarray(shard["global"])}
+    assert len(jets) == 400 and all(row.tobytes() in stored_rows for row in jets.inputs["global"])
+    assert (jets.inputs["cpf"][~jets.inputs["mask_cpf"]] == 0).all()
+    np.testing.assert_array_equal(importance.select_jets(loader, 400, task.seed).inputs["cpf"], jets.inputs["cpf"])
+    assert len(importance.select_jets(loader, 10**9, task.seed)) == len(stored_rows)
     scores = model.predict(importance.batches(jets.inputs, jets.label, 4096))
     used = jets.label != 1
     bvsl = scores[used, 0] / (scores[used, 0] + scores[used, 2])
@@ -204,8 +237,12 @@ def test_feature_importance_task_through_law(tmp_path, monkeypatch, store):
     assert {"jet_pt", "jet_eta"} <= set(reduced["global_features"])
     assert (directory / "plots" / "BvsL.png").exists() and (directory / "plots" / "BvsL.pdf").exists()
 
-    # a version names one result: other repeats need another version
+    from bhive.config import ConfigError
     from bhive.identity import VersionConflictError
+
+    with pytest.raises(ConfigError, match="drop --test-attack"):
+        FeatureImportanceTask(config="unit", version="v1", model_name="GradientBoosting", test_attack="fgsm").requires()
+    # a version names one result: other repeats need another version
 
     with pytest.raises(VersionConflictError, match="settings.repeats: 2 -> 3"):
         FeatureImportanceTask(config="unit", version="v1", model_name="GradientBoosting", repeats=3,
