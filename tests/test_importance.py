@@ -14,7 +14,11 @@ from sklearn.metrics import roc_auc_score
 from bhive import dataset
 from bhive.config import load_config
 from bhive.evaluation import importance
-from bhive.evaluation.reduced_features import ReducedFeaturesError, reduced_features, reduced_yaml
+from bhive.evaluation.reduced_features import (
+    ReducedFeaturesError,
+    reduced_features,
+    reduced_yaml,
+)
 from bhive.inference import scoring_loader
 from bhive.plugins.model import InputSpec, TrainingSettings, load_model
 from models.gradient_boosting import GradientBoosting
