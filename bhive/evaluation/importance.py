@@ -110,6 +110,10 @@ def select_jets(loader: DataLoaderPlugin, max_jets: int, seed: int) -> Jets:
         if offset > chosen[-1]:
             break
     inputs = {key: np.concatenate([part[key] for part in parts]) for key in loader.batch_arrays}
+    if len(inputs[loader.groups[0]]) != len(chosen):
+        raise ImportanceError(f"the dataloader {type(loader).__name__} yielded {offset} jets of {loader.directory}, "
+                              f"whose meta.json lists {len(label)}; the dataset is damaged: build it again (a new "
+                              f"--test-dataset-version)")
     weight = None
     if meta.get("event_weight"):
         weight = np.concatenate([np.asarray(shard[dataset.EVENT_WEIGHT]) for shard in shards])[chosen]
