@@ -11,8 +11,8 @@ from bhive import dataset
 from bhive.attacks import Attack, Attacker, feature_rules
 from bhive.config import Config
 from bhive.store import atomic_path, atomic_write_json, file_problem, file_record, read_json
-from bhive.plugins.dataloader import LoaderSettings, dataloader_class
-from bhive.plugins.model import ModelError, load_model
+from bhive.plugins.dataloader import DataLoaderPlugin, LoaderSettings, dataloader_class
+from bhive.plugins.model import Model, ModelError, load_model
 from bhive.truth import label_map
 
 ARRAYS = ("scores", "truth", "label", "kinematics", "process", "extras", "weight", "mc_weight")
@@ -34,14 +34,8 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
             raise ModelError(f"{type(model).__name__} cannot be scored under --test-attack {attack.kind}: attacks "
                              f"follow the gradient of a PyTorch model's loss; score it without --test-attack")
         attacker = Attacker(model, attack, feature_rules(cfg.attack, cfg.path))
-    meta = dataset.load_meta(dataset_dir)
-    for group in type(model).used_groups(model.spec):
-        expected, found = list(model.spec.features[group]), list(meta["features"].get(group, []))
-        if expected != found:
-            raise ModelError(f"the model was trained on {group} features {expected}, but {dataset_dir} has "
-                             f"{found}; score a dataset built with the same features")
-    loader = dataloader_class(cfg.dataloader)(dataset_dir, type(model).used_groups(model.spec), cfg.classes,
-                                              LoaderSettings(batch_size=batch_size, validation_fraction=0.0))
+    loader = scoring_loader(cfg, model, dataset_dir, batch_size)
+    meta = loader.meta
     batches = loader.inference_batches()
     targets = list(getattr(model.spec, "targets", ()))
     if targets:
@@ -73,6 +67,21 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
             "model": str(model_dir), "attack": attack.label() if attack is not None else "nominal",
             "dataset": str(dataset_dir), "n_jets": int(len(scores))}
     return {"arrays": out, "info": info}
+
+
+def scoring_loader(cfg: Config, model: Model, dataset_dir: Path, batch_size: int = 4096) -> DataLoaderPlugin:
+    """The config's dataloader over every jet of ``dataset_dir`` with the groups ``model``
+    uses, refused unless the dataset has the features, in the order, the model was trained on
+    (a model reads columns by position)."""
+    meta = dataset.load_meta(dataset_dir)
+    groups = type(model).used_groups(model.spec)
+    for group in groups:
+        expected, found = list(model.spec.features[group]), list(meta["features"].get(group, []))
+        if expected != found:
+            raise ModelError(f"the model was trained on {group} features {expected}, but {dataset_dir} has "
+                             f"{found}; score a dataset built with the same features")
+    return dataloader_class(cfg.dataloader)(dataset_dir, groups, cfg.classes,
+                                            LoaderSettings(batch_size=batch_size, validation_fraction=0.0))
 
 
 def write_predictions(directory: Path, predictions: dict) -> None:

@@ -43,6 +43,30 @@ class ScoringTask(TestAttackParameters, TestParameters, TrainingParameters, Data
         scored = self.model() if not attack.active else f"{self.model()}-{attack.label()}"
         return (*super().store_parts(), test, self.training_version, scored)
 
+    def scored_inputs(self) -> dict:
+        """The training and the test dataset its model is applied to."""
+        return {"training": self.training(),
+                "test": DatasetConstructionTask.req(self, config=self.test_config or self.config, split="test",
+                                                    dataset_version=self.test_dataset_version)}
+
+    def validation_on_test(self) -> bool:
+        """Whether the test dataset is the one that selected the training's best epoch."""
+        validation = self.training().requires().get("validation")
+        return (validation is not None
+                and validation.output_directory() == self.scored_inputs()["test"].output_directory())
+
+    def check_test_dataset(self) -> bool:
+        """Whether the test dataset also selected the training's best epoch; refused (its
+        figures would be biased towards the model) unless --allow-validation-on-test."""
+        overlap = self.validation_on_test()
+        if overlap and not self.allow_validation_on_test:
+            raise ConfigError(f"the test dataset {self.scored_inputs()['test'].output_directory()} also selected the "
+                              f"best epoch of this training (--validation-dataset-version "
+                              f"{self.validation_dataset_version}), so its scores would be biased: evaluate on "
+                              f"another --test-dataset-version, or pass --allow-validation-on-test to accept a "
+                              f"result the summary marks as biased")
+        return overlap
+
     def nominal(self) -> InferenceTask:
         """The inference of the same training on the same jets without a test attack."""
         return InferenceTask.req(self, test_attack="none")
@@ -55,19 +79,12 @@ class InferenceTask(ScoringTask):
     identity_defaults = {"allow_validation_on_test": False}
 
     def requires(self):
-        return {"training": self.training(),
-                "test": DatasetConstructionTask.req(self, config=self.test_config or self.config, split="test",
-                                                    dataset_version=self.test_dataset_version)}
+        return self.scored_inputs()
 
     def identity_settings(self) -> dict:
         attack = attack_of(self, "test_attack")
         return {"allow_validation_on_test": self.allow_validation_on_test,
                 **({"test_attack": attack.identity(with_fraction=False)} if attack.active else {})}
-
-    def validation_on_test(self) -> bool:
-        """Whether the test dataset is the one that selected the training's best epoch."""
-        validation = self.training().requires().get("validation")
-        return validation is not None and validation.output_directory() == self.requires()["test"].output_directory()
 
     def output(self):
         return {"info": self.local_target(inference.INFO), "root": self.local_target(inference.ROOT_FILE)}
@@ -76,13 +93,7 @@ class InferenceTask(ScoringTask):
         inference.check_predictions(self.local_path(), verify=self.verify)
 
     def run(self):
-        overlap = self.validation_on_test()
-        if overlap and not self.allow_validation_on_test:
-            raise ConfigError(f"the test dataset {self.requires()['test'].output_directory()} also selected the "
-                              f"best epoch of this training (--validation-dataset-version "
-                              f"{self.validation_dataset_version}), so its scores would be biased: evaluate on "
-                              f"another --test-dataset-version, or pass --allow-validation-on-test to accept a "
-                              f"result the summary marks as biased")
+        overlap = self.check_test_dataset()
         predictions = inference.predict_dataset(self.cfg, self.training().local_path(training.ARTIFACT),
                                                 self.requires()["test"].output_directory(),
                                                 attack=attack_of(self, "test_attack"))

@@ -6,6 +6,8 @@
 - :mod:`~bhive.evaluation.distributions`: score distributions, the confusion matrix, input features;
 - :mod:`~bhive.evaluation.comparison`: several trainings and reference taggers on one test dataset;
 - :mod:`~bhive.evaluation.summary`: ``summary.json`` and ``summary.md``.
+- :mod:`~bhive.evaluation.importance`: the inputs ranked by permutation importance, with
+  :mod:`~bhive.evaluation.reduced_features`, their top features as config keys.
 
 Each ``write_*`` function is what one evaluation task runs: arrays in, files out.
 """
