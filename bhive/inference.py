@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bhive import dataset
 from bhive.attacks import Attack, Attacker, feature_rules
@@ -13,6 +14,7 @@ from bhive.config import Config
 from bhive.store import atomic_path, atomic_write_json, file_problem, file_record, read_json
 from bhive.plugins.dataloader import DataLoaderPlugin, LoaderSettings, dataloader_class
 from bhive.plugins.model import Model, ModelError, load_model
+from bhive.training.distributed import resolve_device
 from bhive.truth import label_map
 
 ARRAYS = ("scores", "truth", "label", "kinematics", "process", "extras", "weight", "mc_weight")
@@ -24,10 +26,13 @@ ROOT_FILE = "scores.root"
 
 
 def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size: int = 4096,
-                    attack: Attack | None = None) -> dict:
+                    attack: Attack | None = None, device: str = "auto") -> dict:
     """Scores of every jet of ``dataset_dir`` in stored order, with what evaluation needs;
-    with an ``attack``, the scores of the attacked jets (the config's ``attack`` rules)."""
+    with an ``attack``, the scores of the attacked jets (the config's ``attack`` rules). A
+    PyTorch model scores on ``device`` (auto: a CUDA GPU when PyTorch sees one)."""
     model = load_model(model_dir)
+    if isinstance(model, torch.nn.Module):
+        model.to(resolve_device(device))
     attacker = None
     if attack is not None and attack.active:
         if not hasattr(model, "standardise"):

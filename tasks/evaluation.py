@@ -96,7 +96,7 @@ class InferenceTask(ScoringTask):
         overlap = self.check_test_dataset()
         predictions = inference.predict_dataset(self.cfg, self.training().local_path(training.ARTIFACT),
                                                 self.requires()["test"].output_directory(),
-                                                attack=attack_of(self, "test_attack"))
+                                                attack=attack_of(self, "test_attack"), device=self.device)
         predictions["info"]["validation_on_test"] = overlap
         inference.write_predictions(self.local_path(), predictions)
 
