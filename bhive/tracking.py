@@ -29,7 +29,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from bhive.plugins.model import TrainingSettings
 
@@ -48,7 +48,7 @@ _SQLITE = "sqlite:///"
 _QUANTITIES = ("loss", "accuracy", "val_loss", "val_accuracy")
 _MAX_PARAMS_PER_CALL = 100  # MLflow's limit for one batch
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 
 class TrackingError(ValueError):
@@ -249,7 +249,7 @@ class MlflowRun:
         if run_id:
             client.update_run(run_id, status="RUNNING")
         else:
-            run_id = client.create_run(experiment, run_name=self.name, tags={TRAINING_TAG: self.key}).info.run_id
+            run_id = self._new(client, experiment)
         started = replace(self, run_id=run_id)
         started.log_parameters({**values, **self.parameters})
         return started
@@ -260,7 +260,7 @@ class MlflowRun:
         experiment = self._experiment_id(client)
         run_id = self._latest(client, experiment)
         if not run_id:
-            run_id = client.create_run(experiment, run_name=self.name, tags={TRAINING_TAG: self.key}).info.run_id
+            run_id = self._new(client, experiment)
             client.set_terminated(run_id, status="FINISHED")
         return replace(self, run_id=run_id)
 
@@ -312,6 +312,9 @@ class MlflowRun:
             raise TrackingError(f"the MLflow experiment '{self.experiment}' at {self.uri} is deleted; restore it, or "
                                 f"track into another with --mlflow-experiment")
         return experiment.experiment_id
+
+    def _new(self, client, experiment: str) -> str:
+        return client.create_run(experiment, run_name=self.name, tags={TRAINING_TAG: self.key}).info.run_id
 
     def _latest(self, client, experiment: str) -> str:
         runs = client.search_runs([experiment], filter_string=f"tags.`{TRAINING_TAG}` = '{self.key}'",

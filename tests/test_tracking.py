@@ -170,6 +170,21 @@ def test_a_training_and_its_evaluation_are_one_mlflow_run(tmp_path, monkeypatch,
         "onnx/model.onnx"}
 
 
+def test_of_two_training_processes_only_the_one_that_writes_logs(tmp_path, monkeypatch, store, database) -> None:
+    from tasks.training import TrainingTask
+
+    samples = write_samples(tmp_path / "samples", 300)
+    write_config(tmp_path / "configs", "unit", unit_config(samples, model_settings=SMALL,
+                                                           training={"epochs": 2, "batch_size": 128}))
+    monkeypatch.setenv("BHIVE_CONFIG_DIR", str(tmp_path / "configs"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert build(TrainingTask(config="unit", version="v1", model_name="DNN", executor="iterative", device="cpu",
+                              devices=2, mlflow_uri=database, mlflow_experiment="two-processes"))
+    (run,) = runs_of(database, "two-processes")
+    assert run.info.status == "FINISHED" and run.data.params["model"] == "DNN"
+    assert [metric.step for metric in client(database).get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+
+
 def training_key(task) -> str:
     from bhive.store import stable_hash
 
