@@ -4,8 +4,9 @@
 #
 # - Uses the active conda environment when one other than "base" is active (see
 #   environment.yml); otherwise creates .venv/ in the repository once and activates it.
-# - Installs b-hive into that environment (pip install -e ".[test]") the first time and again
-#   only when pyproject.toml changes; pip's output goes to a log file inside the environment.
+# - Installs b-hive into that environment (pip install -e ".[test,tracking]": the test runner
+#   and the MLflow extra, whose tests run with the others) the first time and again only when
+#   pyproject.toml changes; pip's output goes to a log file inside the environment.
 # - In a batch job (BHIVE_JOB_ENV set by bhive/job_bootstrap.sh) it activates the environment
 #   the job was submitted from and neither installs nor indexes anything: many jobs starting
 #   at once must not write into one shared environment.
@@ -120,7 +121,7 @@ _bhive_install_project() {
     fi
 
     echo "b-hive: installing b-hive and its dependencies into ${prefix} (log: ${log})"
-    if ! (cd "${repo}" && python -m pip install -e ".[test]") >"${log}" 2>&1; then
+    if ! (cd "${repo}" && python -m pip install -e ".[test,tracking]") >"${log}" 2>&1; then
         echo "b-hive: installation failed; the last lines of ${log}:" >&2
         tail -n 25 "${log}" >&2
         _bhive_fail "fix the problem shown above (pyproject.toml pins every dependency), then source setup.sh again"

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import luigi
 
-from bhive import inference, training
+from bhive import export, inference, tracking, training
 from bhive.config import ConfigError
 from bhive.evaluation import comparison, curves, distributions, regression, robustness, summary, working_points
 from bhive.store import atomic_write_json, check_name, read_json
 from tasks.base import DatasetVersionTask, config_name
 from tasks.dataset import DatasetConstructionTask
+from tasks.export import ExportTask
 from tasks.parameters import (DatasetParameters, TestAttackParameters, TestParameters, TrainingParameters,
                               attack_of)
 from tasks.training import TrainingTask
@@ -237,6 +238,18 @@ class ComparisonTask(_EvaluationTask):
 class EvaluationTask(_EvaluationTask):
     """The whole chain for one config: every evaluation output plus summary.json and summary.md."""
 
+    def track(self, aucs_file) -> None:
+        """With --mlflow-uri: the AUCs into the training's MLflow run, with aucs.json and, where
+        ExportTask wrote it, the ONNX model and its check. Before the summary, whose writing
+        completes this task: a failure here leaves it to be run again."""
+        run = self.training().mlflow_run()
+        if run is None:
+            return
+        onnx = ExportTask.req(self).local_path()
+        tracking.log_evaluation(run, read_json(aucs_file), [("evaluation", aucs_file),
+                                                            ("onnx", onnx / export.ONNX_FILE),
+                                                            ("onnx", onnx / export.CHECK_FILE)])
+
     compare = ComparisonTask.compare
 
     def requires(self):
@@ -267,6 +280,7 @@ class EvaluationTask(_EvaluationTask):
             table = robustness.robustness_table(inference.read_predictions(inputs["nominal"].local_path()),
                                                 self.predictions(), self.cfg.discriminators, scored["attack"])
             atomic_write_json(self.local_path("robustness.json"), table)
+        self.track(inputs["roc"].local_path(curves.AUCS))
         summary.write_summary(
             f"{self.model()} on {self.config_name} (version {self.version})", self.config_name, self.model(),
             read_json(inputs["roc"].local_path(curves.AUCS)),

@@ -11,7 +11,7 @@ import os
 import law
 import luigi
 
-from bhive import construction
+from bhive import construction, tracking
 from bhive.attacks import ATTACKS, Attack
 from tasks.base import ConfigParameter, NameParameter
 
@@ -76,7 +76,29 @@ TestAttackParameters = type("TestAttackParameters", (), {
 })
 
 
-class TrainingParameters(AttackParameters):
+class MlflowUriParameter(luigi.Parameter):
+    """An MLflow tracking URI, checked as the task is made (:func:`bhive.tracking.check_uri`):
+    a bad one, or a missing ``tracking`` extra, fails before anything runs."""
+
+    def normalize(self, x):
+        x = super().normalize(x)
+        return tracking.check_uri(x) if x else x
+
+
+class TrackingParameters:
+    """Where a training and its evaluation are recorded for comparison (bhive.tracking); not
+    part of any identity: tracking changes no result."""
+
+    mlflow_uri = MlflowUriParameter(
+        default="", significant=False,
+        description="track the training (parameters, metrics per epoch, artifact) and the evaluation's AUCs in "
+        "MLflow: sqlite:///PATH/mlflow.db (no server) or http(s)://HOST:PORT; needs the tracking extra; "
+        "default: none")
+    mlflow_experiment = luigi.Parameter(default="", significant=False,
+                                        description="MLflow experiment; default: the config's name")
+
+
+class TrainingParameters(TrackingParameters, AttackParameters):
     """Which model is trained on which dataset, and how."""
 
     training_version = NameParameter(flag="--training-version", default=law.NO_STR,

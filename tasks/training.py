@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bhive import training
+from bhive import tracking, training
 from bhive.config import ConfigError
+from bhive.store import stable_hash
 from tasks.base import DatasetVersionTask
 from tasks.batch import SingleJobWorkflow
 from tasks.dataset import DatasetConstructionTask
@@ -56,6 +57,7 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, Si
     def settings(self):
         if self.sampling and self.sampling not in ("stochastic", "loss_weight"):
             raise ConfigError(f"--sampling {self.sampling}: choose stochastic or loss_weight")
+        run = self.mlflow_run()
         return training.training_settings(
             self.cfg, epochs=self.epochs or None, batch_size=self.batch_size or None,
             learning_rate=self.learning_rate or None, sampling=self.sampling or None, seed=self.seed,
@@ -63,7 +65,19 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, Si
             loader_workers=self.loader_workers, stop_after_epoch=self.stop_after_epoch, attack=self.attack,
             attack_epsilon=self.attack_epsilon, attack_iterations=self.attack_iterations,
             attack_step=self.attack_step, attack_random_start=self.attack_random_start,
-            attack_fraction=self.attack_fraction)
+            attack_fraction=self.attack_fraction, mlflow=run.to_json() if run else None)
+
+    def mlflow_run(self) -> tracking.MlflowRun | None:
+        """The MLflow run that records this training (None without --mlflow-uri), named
+        ``<config>/<training_version>/<model>`` and found again by the training's identity hash,
+        which also tells apart trainings of the same name on other datasets."""
+        if not self.mlflow_uri:
+            return None
+        identity = self.identity()
+        return tracking.MlflowRun(
+            uri=self.mlflow_uri, experiment=self.mlflow_experiment or self.config_name,
+            name=f"{self.config_name}/{self.training_version}/{self.model()}", key=stable_hash(identity),
+            parameters={"dataset_identity": identity["input.dataset"], "dataset_version": self.dataset_version})
 
     def run(self):
         inputs = self.requires()

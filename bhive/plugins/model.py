@@ -163,6 +163,9 @@ class TrainingSettings:
     seed: int = 42
     stop_after_epoch: int = 0        # > 0: stop (resumably) after this epoch
     loader_workers: int = 0
+    # experiment tracking (bhive.tracking): the MLflow run as JSON, empty for none; it says
+    # where the training is recorded, and changes nothing in it
+    mlflow: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bhive import attacks, dataset
+from bhive import attacks, dataset, tracking
 from bhive.config import Config
 from bhive.plugins.dataloader import LoaderSettings, dataloader_class
 from bhive.plugins.model import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, check_files, model_class
 from bhive.store import atomic_directory, atomic_write_json, code_version, read_json
-from bhive.training import launcher
+from bhive.training import launcher, trackers
 from bhive.training.distributed import World, training_device, world
 from bhive.training.state import TrainingError, seed_everything
 
@@ -86,6 +86,7 @@ def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, setting
     returns the history."""
     if devices < 1:
         raise TrainingError(f"--devices {devices}: give the number of training processes, 1 or more")
+    tracking.MlflowRun.of(settings)  # a bad tracking URI or a missing extra: said before anything starts
     if devices == 1:
         return train_here(cfg, model_name, dataset_dir, output, settings, resume, validation_dir)
     cls = model_class(model_name)
@@ -108,20 +109,26 @@ def train_here(cfg: Config, model_name: str, dataset_dir: Path, output: Path, se
     """Train in this process (one of several inside a torchrun launch: then rank 0 writes)."""
     model = build(cfg, model_name, dataset_dir, settings.seed)
     data = loader(cfg, model, dataset_dir, settings, validation_dir)
-    history = model.fit(data, settings, output / "work", resume=resume)
-    if world().rank != 0:
-        return history
-    with atomic_directory(output / ARTIFACT) as artifact:
-        model.save(artifact)
-        description_path = artifact / MODEL_FILE
-        description = read_json(description_path)
-        description.update(classes={name: list(members) for name, members in cfg.classes.items()},
-                           truth_labels=dataset.load_meta(dataset_dir)["truth_labels"], config=cfg.name,
-                           config_hash=cfg.hash, dataset=str(dataset_dir), settings=settings.to_json(),
-                           code_version=code_version())
-        atomic_write_json(description_path, description)
-    atomic_write_json(output / HISTORY, history)
-    plot_history(history, output / "plots")
+    writes = world().rank == 0
+    identity = {"config": cfg.name, "config_hash": cfg.hash, "code_version": code_version()}
+    tracked = {**tracking.parameters(settings, model_name, cfg.model_settings.get(model_name, {})), **identity}
+    # the settings with the MLflow run this process started, if any: the observers log into it
+    with trackers.mlflow_training(settings, tracked, resume, writes) as run_settings:
+        history = model.fit(data, run_settings, output / "work", resume=resume)
+        if not writes:
+            return history
+        with atomic_directory(output / ARTIFACT) as artifact:
+            model.save(artifact)
+            description_path = artifact / MODEL_FILE
+            description = read_json(description_path)
+            description.update(classes={name: list(members) for name, members in cfg.classes.items()},
+                               truth_labels=dataset.load_meta(dataset_dir)["truth_labels"], dataset=str(dataset_dir),
+                               settings=run_settings.to_json(), **identity)
+            atomic_write_json(description_path, description)
+        atomic_write_json(output / HISTORY, history)
+        plot_history(history, output / "plots")
+        trackers.log_training(run_settings, history, [("model", output / ARTIFACT), ("", output / HISTORY),
+                                                  ("plots", output / "plots")])
     return history
 
 

@@ -39,6 +39,7 @@ from bhive.training.state import (  # noqa: F401  (part of this module's interfa
     BEST,
     CHECKPOINT,
     RESUME_FIX,
+    TENSORBOARD,
     TrainingError,
     TrainingInterrupted,
     TrainingStopped,
@@ -442,4 +443,4 @@ def _tensorboard(workdir: Path):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a declared dependency; stay usable without it
         return None
-    return SummaryWriter(log_dir=str(workdir / "tensorboard"))
+    return SummaryWriter(log_dir=str(workdir / TENSORBOARD))

@@ -16,26 +16,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bhive.plugins.model import TrainingSettings
-
-
-class EpochObserver:
-    """Base of observers; every method does nothing unless overridden."""
-
-    def started(self, model, settings: TrainingSettings) -> None:
-        """Before the first epoch (of this run: after a resume, before the next epoch)."""
-
-    def epoch(self, record: dict) -> str | None:
-        """After each epoch; a returned text stops the training after this epoch, as its reason."""
-        return None
-
-    def finished(self, history: Sequence[dict], model) -> None:
-        """After the last epoch, with the best weights restored."""
+from bhive.training import trackers
+# defined in its own module so that the observers' modules, listed here, can subclass it
+from bhive.training.observer_base import EpochObserver
 
 
 Factory = Callable[[TrainingSettings, Path], "EpochObserver | None"]
 
 #: the factories asked for each training's observers, in order
-FACTORIES: tuple[Factory, ...] = ()
+FACTORIES: tuple[Factory, ...] = (
+    trackers.tensorboard_hparams, trackers.mlflow_metrics,  # experiment tracking (bhive.tracking)
+)
 
 
 def training_observers(settings: TrainingSettings, workdir: Path,

@@ -19,6 +19,8 @@ from bhive.store import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
+#: TensorBoard's event files of the training (the loop's scalars, the hparams of bhive.tracking)
+TENSORBOARD = "tensorboard"
 
 #: the way out of a checkpoint that cannot be used
 RESUME_FIX = "start again without --resume (that training replaces the checkpoint), or remove the training output"
