@@ -148,10 +148,15 @@ class BaseTask(law.Task):
     def config_name(self) -> str:
         return config_name(self.config)
 
+    def layered_settings(self) -> dict[str, Any]:
+        """Config settings this run layers over the config file ({dotted key: value}); the
+        config holds them, and so does every identity made from it, as if the file said so."""
+        return {}
+
     @property
     def cfg(self) -> Config:
         # Not cached: luigi reuses task instances, and an edited config must be seen.
-        cfg = load_config(self.config)
+        cfg = load_config(self.config, overrides=self.layered_settings())
         load_plugins(cfg.plugins)
         return cfg
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import luigi
+
 from bhive import training
 from bhive.config import ConfigError
 from tasks.base import DatasetVersionTask
@@ -16,6 +18,10 @@ TRAINING_OVERRIDES = ("epochs", "batch_size", "learning_rate", "sampling")
 class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, SingleJobWorkflow):
     """Model artifact, history and loss/accuracy plots of one training (``--workflow slurm`` or
     ``htcondor``: as one batch job)."""
+
+    search_trial = luigi.Parameter(
+        default="", significant=False, description="set by HyperparameterSearchTask: the study and trial this "
+        "training reports its epochs to (and is pruned by); not part of the identity")
 
     version_parameter = "--training-version"
 
@@ -63,7 +69,7 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, Si
             loader_workers=self.loader_workers, stop_after_epoch=self.stop_after_epoch, attack=self.attack,
             attack_epsilon=self.attack_epsilon, attack_iterations=self.attack_iterations,
             attack_step=self.attack_step, attack_random_start=self.attack_random_start,
-            attack_fraction=self.attack_fraction)
+            attack_fraction=self.attack_fraction, search_trial=self.search_trial or None)
 
     def run(self):
         inputs = self.requires()

@@ -163,6 +163,9 @@ class TrainingSettings:
     seed: int = 42
     stop_after_epoch: int = 0        # > 0: stop (resumably) after this epoch
     loader_workers: int = 0
+    # a trial of a hyperparameter search reports to its study (bhive.search_trial): "<storage
+    # file below the store>#<trial number>"; empty: not a trial
+    search_trial: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -239,6 +242,14 @@ class Model(ABC):
 def model_class(name: str) -> type[Model]:
     """The registered model called ``name``; an unknown name lists the known ones."""
     return MODELS.get(name)
+
+
+def hyperparameter_names(cls: type[Model]) -> tuple[str, ...]:
+    """What ``model_settings.<Model>`` may set: the arguments the constructor takes by name
+    besides the input description."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                 if name not in ("self", "spec") and parameter.kind in named)
 
 
 def file_records(directory: Path) -> dict[str, dict[str, Any]]:
