@@ -184,11 +184,15 @@ class SearchConfig(Section):
         description="epochs every trial trains before it may be pruned (successive_halving: its first rung)")
 
     @model_validator(mode="after")
-    def _direction_fits_metric(self) -> SearchConfig:
+    def _direction_fits_metric(self, info: ValidationInfo) -> SearchConfig:
         if self.direction != METRIC_DIRECTIONS[self.metric]:
+            # named where the user wrote it: a direction left at its default is the metric's mistake
+            sources = info.context
+            at = "direction" if sources is None or sources.origin(("search", "direction")) == sources.user_file \
+                else "metric"
             fail(f"{self.metric} is {'a loss' if self.direction == 'maximize' else 'an accuracy'}: searching with "
-                 f"direction {self.direction} would look for the worst model; use {METRIC_DIRECTIONS[self.metric]}",
-                 "direction")
+                 f"direction {self.direction} would look for the worst model; use direction "
+                 f"{METRIC_DIRECTIONS[self.metric]}", at)
         return self
 
 

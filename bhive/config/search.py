@@ -38,8 +38,7 @@ FIXED_TRAINING_KEYS = {
 }
 DISTRIBUTIONS = ("uniform", "log_uniform", "int", "choice")
 _RANGES = ("uniform", "log_uniform", "int")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# a hyperparameter is a public constructor argument: no '_' prefix (no __class__ & co.)
+# public names only, no '_' prefix: a model class, a constructor argument (never __class__ & co.)
 _PUBLIC = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _RESERVED = ("self", "spec")  # the constructor's own arguments, never settings
 _ALLOWED = (f"training.<key> ({', '.join(TRAINING_KEYS)}) or model_settings.<Model>.<hyperparameter>")
@@ -61,7 +60,7 @@ def setting_problem(key: Any) -> str | None:
         return f"unknown training setting {name!r}{suggest(name, TRAINING_KEYS, 'Searchable training settings')}"
     if parts[0] == "model_settings" and len(parts) == 3:
         model, name = parts[1:]
-        if not _IDENTIFIER.fullmatch(model):
+        if not _PUBLIC.fullmatch(model):
             return f"{model!r} is not a model class name"
         if not _PUBLIC.fullmatch(name) or name in _RESERVED:
             return f"{name!r} is not a hyperparameter name (a public constructor argument of {model})"
@@ -147,7 +146,7 @@ def _space(space: Any) -> dict[str, dict[str, Any]]:
     return checked
 
 
-_SETTING_PATTERN = (rf"^(training\.({'|'.join(TRAINING_KEYS)})|model_settings\.[A-Za-z_][A-Za-z0-9_]*"
+_SETTING_PATTERN = (rf"^(training\.({'|'.join(TRAINING_KEYS)})|model_settings\.[A-Za-z][A-Za-z0-9_]*"
                     rf"\.[A-Za-z][A-Za-z0-9_]*)$")
 _RANGE_SCHEMA = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 _DISTRIBUTION_SCHEMA = {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": {

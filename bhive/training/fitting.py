@@ -95,9 +95,9 @@ def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, setting
     training_device(settings.device, World(devices - 1, devices, devices - 1))
     modules = [cls.__module__, dataloader_class(cfg.dataloader).__module__, *getattr(cfg, "plugins", ())]
     job = {"config": str(cfg.path), "overrides": cfg.overrides, "config_hash": cfg.hash,
-           "modules": list(dict.fromkeys(modules)), "model": model_name, "dataset": str(dataset_dir), "output": str(output),
-           "validation": str(validation_dir) if validation_dir else None, "settings": settings.to_json(),
-           "resume": resume}
+           "modules": list(dict.fromkeys(modules)), "model": model_name, "dataset": str(dataset_dir),
+           "output": str(output), "validation": str(validation_dir) if validation_dir else None,
+           "settings": settings.to_json(), "resume": resume}
     launcher.launch(job, devices, output / "work")
     return read_json(output / HISTORY)
 

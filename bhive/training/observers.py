@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bhive import search_trial
 from bhive.plugins.model import TrainingSettings
 
 
@@ -35,7 +36,7 @@ class EpochObserver:
 Factory = Callable[[TrainingSettings, Path], "EpochObserver | None"]
 
 #: the factories asked for each training's observers, in order
-FACTORIES: tuple[Factory, ...] = ()
+FACTORIES: tuple[Factory, ...] = (search_trial.observer,)
 
 
 def training_observers(settings: TrainingSettings, workdir: Path,
