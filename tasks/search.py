@@ -34,8 +34,11 @@ class HyperparameterSearchTask(TrainingParameters, DatasetParameters, DatasetVer
         return TrainingTask.req(self)
 
     def trial(self, study: search.Search, number: int) -> TrainingTask:
-        return TrainingTask.req(self, training_version=search.trial_version(self.training_version, number),
-                                overrides=study.settings_of(number), search_trial=study.link(number))
+        """Trial ``number``'s training; one that was interrupted continues from its checkpoint."""
+        settings = {"training_version": search.trial_version(self.training_version, number),
+                    "overrides": study.settings_of(number), "search_trial": study.link(number)}
+        interrupted = TrainingTask.req(self, **settings).local_path("work", training.CHECKPOINT).exists()
+        return TrainingTask.req(self, **settings, resume=interrupted)
 
     def requires(self):
         return self.template().requires()

@@ -63,6 +63,11 @@ def searched(version: str, trials: int, **parameters) -> HyperparameterSearchTas
                                     trials=trials, executor="iterative", **parameters)
 
 
+def states(storage: Path) -> list[str]:
+    """The states of the trials of the study in ``storage`` (SQLite), by number."""
+    return [trial.state.name for trial in optuna.load_study(study_name="search", storage=f"sqlite:///{storage}").trials]
+
+
 def records(task: HyperparameterSearchTask) -> list[dict]:
     return read_json(task.local_path("trials.json"))
 
@@ -182,7 +187,7 @@ def test_overrides_are_config_values_and_checked_like_them(configure):
 # -- the search, end to end --------------------------------------------------------------------
 
 
-def test_a_sequential_search_is_reproducible_and_resumes_where_it_stopped(configure, counted):
+def test_a_sequential_search_is_reproducible_and_resumes_where_it_stopped(configure, counted, capsys):
     trained, fail = counted
     configure()
     straight = searched("a", trials=3)
@@ -192,18 +197,22 @@ def test_a_sequential_search_is_reproducible_and_resumes_where_it_stopped(config
     assert [record["state"] for record in expected] == ["COMPLETE"] * 3
     assert len({json.dumps(record["settings"], sort_keys=True) for record in expected}) == 3
 
-    # the same search killed in its second trial (a SIGTERM: the trial stays running)
+    # the same search, stopped after the first epoch of its first trial (a time limit, say) ...
     trained.clear()
+    assert not build(searched("b", trials=3, stop_after_epoch=1))
+    storage = searched("b", trials=3).local_path(STORAGE_FILES["sqlite"])
+    assert states(storage) == ["RUNNING"]
+    # ... then killed in its second trial (a SIGTERM: the trial stays running)
+    capsys.readouterr()
     fail["b_trial_001"] = bhive.training.TrainingInterrupted("stopped on SIGTERM", "SIGTERM")
     assert not build(searched("b", trials=3))
-    storage = searched("b", trials=3).local_path(STORAGE_FILES["sqlite"])
-    states = [trial.state.name for trial in optuna.load_study(study_name="search",
-                                                              storage=f"sqlite:///{storage}").trials]
-    assert states == ["COMPLETE", "RUNNING"]
-    # run again: the running trial is trained again with its settings, the finished one is not
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert states(storage) == ["COMPLETE", "RUNNING"]
+    # run again: the running trial is trained again with its settings, a finished one is not
     assert build(searched("b", trials=3))
-    assert trained == ["b_trial_000", "b_trial_001", "b_trial_001", "b_trial_002"]
+    assert trained == ["b_trial_000", "b_trial_000", "b_trial_001", "b_trial_001", "b_trial_002"]
     resumed = records(searched("b", trials=3))
+    # the same trials and values: the first trial continued from its checkpoint exactly
     for mine, theirs in zip(resumed, expected):
         assert mine["settings"] == theirs["settings"] and mine["value"] == theirs["value"]
         assert mine["training_version"] == theirs["training_version"].replace("a_", "b_")
@@ -223,7 +232,7 @@ def test_a_failed_trial_is_marked_failed_and_the_search_goes_on_without_it(confi
     task = searched("f", trials=2)
     assert not build(task)
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{task.local_path('study.db')}")
-    assert [trial.state.name for trial in study.trials] == ["FAIL"]
+    assert states(task.local_path("study.db")) == ["FAIL"]
     failed = TrainingTask.req(task, training_version="f_trial_000", overrides=study.trials[0].params)
     assert not failed.complete() and not failed.local_path("model").exists()
     assert not task.local_path("trials.json").exists()
