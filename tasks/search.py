@@ -7,7 +7,7 @@ from __future__ import annotations
 import luigi
 
 from bhive import search, search_results, search_trial, training
-from bhive.config import ConfigError
+from bhive.config import OVERRIDES, ConfigError
 from bhive.store import read_json
 from tasks.base import DatasetVersionTask
 from tasks.parameters import DatasetParameters, TrainingParameters
@@ -63,7 +63,7 @@ class HyperparameterSearchTask(TrainingParameters, DatasetParameters, DatasetVer
     def run(self):
         if self.overrides:
             raise ConfigError("a search sets each trial's settings itself; put fixed settings into the config",
-                              file="--overrides")
+                              file=OVERRIDES)
         if min(self.trials, self.parallel_trials) < 1:
             raise search_trial.SearchError(f"--trials {self.trials} --parallel-trials {self.parallel_trials}: give "
                                            f"1 or more of each")
@@ -81,6 +81,6 @@ class HyperparameterSearchTask(TrainingParameters, DatasetParameters, DatasetVer
 @TrainingTask.event_handler(luigi.Event.FAILURE)
 def _trial_failed(task: TrainingTask, error: BaseException) -> None:
     """A trial whose training raised ends failed in its study, so that the search, run again,
-    goes on without it; one stopped by a signal (resumable) stays running and is trained again."""
+    goes on without it; one stopped by a signal stays running and continues from its checkpoint."""
     if task.search_trial and not isinstance(error, training.TrainingStopped):
         search_trial.fail_trial(task.search_trial)

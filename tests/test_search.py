@@ -225,6 +225,17 @@ def test_a_sequential_search_is_reproducible_and_resumes_where_it_stopped(config
     assert [record["number"] for record in records(searched("b", trials=4))] == [0, 1, 2, 3]
 
 
+def test_trials_asked_together_train_on_luigi_workers_at_once(configure, monkeypatch):
+    configure()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    task = searched("w", trials=2, parallel_trials=2)
+    assert luigi.build([task], local_scheduler=True, workers=2, log_level="WARNING")
+    assert [record["state"] for record in records(task)] == ["COMPLETE", "COMPLETE"]
+    first, second = optuna.load_study(study_name="search", storage=f"sqlite:///{task.local_path('study.db')}").trials
+    # one round: the second trial was drawn before the first was told
+    assert second.datetime_start < first.datetime_complete
+
+
 def test_a_failed_trial_is_marked_failed_and_the_search_goes_on_without_it(configure, counted):
     trained, fail = counted
     configure()

@@ -292,7 +292,8 @@ def load_config(name_or_path: str | Path, config_dir: Path | str | None = None,
                           f"{DEFAULT_CONFIG_NAME}.yml in the config directory ({directory})", file=default_path)
     if path.resolve() == default_path.resolve():
         raise _not_a_config(path, directory)
-    sources = Sources(path, default_path, read_yaml(path), read_yaml(default_path), nested(overrides), Path(OVERRIDES))
+    sources = Sources(path, default_path, read_yaml(path), read_yaml(default_path), nested(overrides),
+                      Path(OVERRIDES))
     try:
         file = ConfigFile.model_validate(sources.merged(), context=sources)
     except ValidationError as error:
