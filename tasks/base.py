@@ -18,10 +18,12 @@ the identity before writing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -91,25 +93,46 @@ def config_name(value: str) -> str:
     return Path(value).stem if is_config_path(value) else value
 
 
+@contextlib.contextmanager
+def _guard(task: BaseTask) -> Iterator[bool]:
+    """Hold the output lock; yields whether to run: False when a concurrent run finished
+    meanwhile, else True after the identity is recorded (nothing is written before)."""
+    directory = task.output_directory()
+    with output_lock(directory, task.lock_name()):
+        if task.complete():
+            logger.info("%s was finished by another run meanwhile", task.describe())
+            yield False
+            return
+        expected = task.identity()
+        previous = identity.recorded(directory)
+        if previous is not None:
+            changed = identity.differences(previous, expected, task.identity_default)
+            if changed:
+                task.discard_leftovers(changed)
+        identity.record(directory, expected)
+        yield True
+
+
 def _guarded_run(run):
     """``run`` holding the output lock, skipped when a concurrent run finished meanwhile, and
-    recording the identity before anything is written."""
+    recording the identity before anything is written. A ``run`` that yields tasks (luigi's
+    dynamic dependencies) holds the lock until it yields tasks that are not complete yet: luigi
+    then drops it, runs them, and calls ``run`` again from the start."""
+
+    if inspect.isgeneratorfunction(run):
+        @functools.wraps(run)
+        def guarded_generator(self):
+            with _guard(self) as proceed:
+                if proceed:
+                    return (yield from run(self))
+            return None
+
+        return guarded_generator
 
     @functools.wraps(run)
     def guarded(self):
-        directory = self.output_directory()
-        with output_lock(directory, self.lock_name()):
-            if self.complete():
-                logger.info("%s was finished by another run meanwhile", self.describe())
-                return None
-            expected = self.identity()
-            previous = identity.recorded(directory)
-            if previous is not None:
-                changed = identity.differences(previous, expected, self.identity_default)
-                if changed:
-                    self.discard_leftovers(changed)
-            identity.record(directory, expected)
-            return run(self)
+        with _guard(self) as proceed:
+            return run(self) if proceed else None
 
     return guarded
 
@@ -148,10 +171,15 @@ class BaseTask(law.Task):
     def config_name(self) -> str:
         return config_name(self.config)
 
+    def layered_settings(self) -> dict[str, Any]:
+        """Config settings this run layers over the config file ({dotted key: value}); the
+        config holds them, and so does every identity made from it, as if the file said so."""
+        return {}
+
     @property
     def cfg(self) -> Config:
         # Not cached: luigi reuses task instances, and an edited config must be seen.
-        cfg = load_config(self.config)
+        cfg = load_config(self.config, overrides=self.layered_settings())
         load_plugins(cfg.plugins)
         return cfg
 

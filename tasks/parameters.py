@@ -7,9 +7,11 @@ parameters on a training or evaluation task apply to its training and test datas
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import law
 import luigi
+from luigi.freezing import recursively_unfreeze
 
 from bhive import construction, tracking
 from bhive.attacks import ATTACKS, Attack
@@ -108,6 +110,10 @@ class TrainingParameters(TrackingParameters, AttackParameters):
     batch_size = luigi.IntParameter(default=0, description="default: the config's training.batch_size")
     learning_rate = luigi.FloatParameter(default=0.0, description="default: the config's training.learning_rate")
     sampling = luigi.Parameter(default="", description="stochastic | loss_weight; default: the config's")
+    overrides = luigi.DictParameter(
+        default={}, description="config settings layered over the config for this run, as JSON {dotted key: value}, "
+        "e.g. '{\"training.learning_rate\": 0.003}' (training.<key> or model_settings.<Model>.<hyperparameter>; a "
+        "hyperparameter-search trial's settings); part of the identity as the config values they set")
     validation_dataset_version = NameParameter(
         flag="--validation-dataset-version", default="",
         description="validate on this dataset version's test split instead of a fraction of the training set")
@@ -128,6 +134,9 @@ class TrainingParameters(TrackingParameters, AttackParameters):
 
     def model(self) -> str:
         return self.model_name or self.cfg.model
+
+    def layered_settings(self) -> dict[str, Any]:
+        return recursively_unfreeze(self.overrides)
 
 
 class TestParameters:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import luigi
+
 from bhive import tracking, training
 from bhive.config import ConfigError
 from bhive.store import stable_hash
@@ -17,6 +19,10 @@ TRAINING_OVERRIDES = ("epochs", "batch_size", "learning_rate", "sampling")
 class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, SingleJobWorkflow):
     """Model artifact, history and loss/accuracy plots of one training (``--workflow slurm`` or
     ``htcondor``: as one batch job)."""
+
+    search_trial = luigi.Parameter(
+        default="", significant=False, description="set by HyperparameterSearchTask: the study and trial this "
+        "training reports its epochs to (and is pruned by); not part of the identity")
 
     version_parameter = "--training-version"
 
@@ -65,7 +71,8 @@ class TrainingTask(TrainingParameters, DatasetParameters, DatasetVersionTask, Si
             loader_workers=self.loader_workers, stop_after_epoch=self.stop_after_epoch, attack=self.attack,
             attack_epsilon=self.attack_epsilon, attack_iterations=self.attack_iterations,
             attack_step=self.attack_step, attack_random_start=self.attack_random_start,
-            attack_fraction=self.attack_fraction, mlflow=run.to_json() if run else None)
+            attack_fraction=self.attack_fraction, mlflow=run.to_json() if run else None,
+            search_trial=self.search_trial or None)
 
     def mlflow_run(self) -> tracking.MlflowRun | None:
         """The MLflow run that records this training (None without --mlflow-uri), named

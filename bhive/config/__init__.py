@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,15 @@ from bhive import expressions
 from bhive.config.files import ConfigError, Sources, read_yaml
 from bhive.config.schema import (CANDIDATE_GROUPS, GROUP_KEYS, SCHEMA_COMMAND, ConfigFile, Discriminator, ProcessConfig,
                                  ReweightingConfig, SamplesConfig, TrainingConfig, schema_json)
-from bhive.config.schema import AttackConfig, RegressionTargetConfig
+from bhive.config.schema import AttackConfig, RegressionTargetConfig, SearchConfig
+from bhive.config.search import nested, setting_problem
 from bhive.config.values import CUT_KEYS, TRUTH_OPERATORS, TruthCondition, TruthRule, truth_rules
 
 __all__ = [
     "CANDIDATE_GROUPS", "CONFIG_DIR", "CUT_KEYS", "SCHEMA_COMMAND", "TRUTH_OPERATORS", "AttackConfig", "CandidateGroup",
     "Config",
     "ConfigError", "ConfigFile", "Discriminator", "ProcessConfig", "RegressionTargetConfig", "ReweightingConfig",
-    "SamplesConfig",
+    "SamplesConfig", "SearchConfig",
     "SimulateConfig", "SimulatedProcess", "TrainingConfig", "TruthCondition", "TruthRule", "available_configs", "load_config",
     "schema_json",
 ]
@@ -50,6 +51,8 @@ __all__ = [
 CONFIG_DIR: Path = Path(__file__).resolve().parents[2] / "configs"
 CONFIG_DIR_ENV = "BHIVE_CONFIG_DIR"
 DEFAULT_CONFIG_NAME = "default"
+#: where a value set by load_config's overrides is said to come from (the tasks' parameter)
+OVERRIDES = "--overrides"
 SPLITS = ("train", "test")
 
 
@@ -141,7 +144,10 @@ class Config:
     dataloader: str
     model: str
     training: TrainingConfig
+    search: SearchConfig
     plugins: tuple[str, ...]
+    # settings set on top of the file for this run ({dotted key: value}, load_config's overrides)
+    overrides: dict[str, Any]
     # The layered YAML with numbers as validated (60000 for 6e4, floats for float keys) and what is
     # derived filled in (classes, processes, empty custom features); an absent group or input is left out.
     raw: dict
@@ -209,7 +215,7 @@ class Config:
         return names
 
 
-def _build(path: Path, file: ConfigFile) -> Config:
+def _build(path: Path, file: ConfigFile, overrides: dict[str, Any]) -> Config:
     processes, classes = file.process_list, file.class_members
     raw = file.model_dump()
     raw.update(processes=[process.model_dump() for process in processes],
@@ -227,6 +233,7 @@ def _build(path: Path, file: ConfigFile) -> Config:
             if field.name in ConfigFile.model_fields}
     return Config(**{**same, "name": path.stem, "path": path, "simulate": simulate, "processes": processes,
                      "candidate_groups": groups, "truths": truth_rules(file.truths), "classes": classes,
+                     "overrides": overrides,
                      "raw": {key: value for key, value in raw.items() if value is not None}})
 
 
@@ -262,12 +269,21 @@ def _resolve_config_file(name_or_path: str | Path, directory: Path) -> Path:
     return path
 
 
-def load_config(name_or_path: str | Path, config_dir: Path | str | None = None) -> Config:
+def load_config(name_or_path: str | Path, config_dir: Path | str | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
     """Load configs/NAME.yml (or a .yml/.yaml path) over default.yml and validate it.
 
     ``config_dir`` defaults to $BHIVE_CONFIG_DIR, else CONFIG_DIR; default.yml is always
-    taken from there, also when a path elsewhere is given.
+    taken from there, also when a path elsewhere is given. ``overrides`` ({dotted key: value},
+    the settings a search may vary: :func:`~bhive.config.search.setting_problem`) are layered
+    over the file, so that the config (and every identity made from it) holds them as if the
+    file said so; a mistake in one is named as coming from ``--overrides``.
     """
+    overrides = dict(overrides or {})
+    for key in overrides:
+        problem = setting_problem(key)
+        if problem:
+            raise ConfigError(problem, file=OVERRIDES, key=str(key))
     directory = _config_dir(config_dir)
     path = _resolve_config_file(name_or_path, directory)
     default_path = directory / f"{DEFAULT_CONFIG_NAME}.yml"
@@ -276,9 +292,10 @@ def load_config(name_or_path: str | Path, config_dir: Path | str | None = None) 
                           f"{DEFAULT_CONFIG_NAME}.yml in the config directory ({directory})", file=default_path)
     if path.resolve() == default_path.resolve():
         raise _not_a_config(path, directory)
-    sources = Sources(path, default_path, read_yaml(path), read_yaml(default_path))
+    sources = Sources(path, default_path, read_yaml(path), read_yaml(default_path), nested(overrides),
+                      Path(OVERRIDES))
     try:
         file = ConfigFile.model_validate(sources.merged(), context=sources)
     except ValidationError as error:
         raise sources.error(error.errors()[0]) from None  # the first mistake, in one line
-    return _build(path, file)
+    return _build(path, file, overrides)

@@ -43,19 +43,25 @@ def _sets(data: Any, path: tuple, null: bool) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Sources:
-    """The two layered files and their content, to name the file a value comes from."""
+    """The two layered files and their content, and settings layered over both for one run
+    (``overrides``, named ``overrides_name``), to name where a value comes from."""
 
     user_file: Path
     default_file: Path
     user: dict
     default: dict
+    overrides: dict = dataclasses.field(default_factory=dict)
+    overrides_name: Path = Path("overrides")
 
     def merged(self) -> dict:
-        return _merge(self.default, self.user)
+        return _merge(_merge(self.default, self.user), self.overrides)
 
     def origin(self, path: tuple) -> Path:
-        """default.yml where the user file does not set ``path`` and default.yml sets it to more
-        than a null placeholder (a missing value is the user's to add); else the user file."""
+        """The overrides where they set ``path``; default.yml where the user file does not set
+        it and default.yml sets it to more than a null placeholder (a missing value is the
+        user's to add); else the user file."""
+        if self.overrides and _sets(self.overrides, path, null=True):
+            return self.overrides_name
         from_default = not _sets(self.user, path, null=True) and _sets(self.default, path, null=False)
         return self.default_file if from_default else self.user_file
 

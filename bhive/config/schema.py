@@ -21,6 +21,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticUndefined
 
 from bhive import expressions
+from bhive.config.search import Space, check_training_values
 from bhive.config.values import (EMPTY_IF_NULL, EMPTY_LIST_IF_NULL, Bool, Cuts, Edges, Expression, Expressions, Integer,
                                  ModuleName, Name, Names, NonEmpty, Number, ProcessName, Text, Truths, fail, suggest,
                                  truth_rules)
@@ -30,6 +31,8 @@ CANDIDATE_GROUPS = ("cpf", "npf", "vtx")
 # a group's keys: its feature branches, its candidate count and its custom features
 GROUP_KEYS = {group: (features, f"n_{group}_candidates", f"{group}_custom_features")
               for group, features in zip(CANDIDATE_GROUPS, ("cpf_candidates", "npf_candidates", "vtx_features"))}
+#: what ranks the trials of a search, and the direction that finds the best model
+METRIC_DIRECTIONS = {"val_loss": "minimize", "val_accuracy": "maximize"}
 _EXPRESSIONS = "{name: expression} over input branches with allow-listed numpy (np) and awkward (ak) functions, " \
                "e.g. {log_pt: 'np.log(jet_pt)'} (README: Custom features)"
 
@@ -157,6 +160,40 @@ class TrainingConfig(Section):
     negative_weights: Text("drop", "abs", "signed", what="negative_weights") = Field(
         description="jets with a negative event weight (event_weight): drop (weight 0) | abs (|w|) | signed "
                     "(sampled by |w|, the sign in the loss; may converge slower)")
+
+
+class SearchConfig(Section):
+    """A hyperparameter search (HyperparameterSearchTask): what it varies and how it searches."""
+
+    space: Space = Field(
+        description="{setting: distribution}: training.<key> or model_settings.<Model>.<hyperparameter> -> "
+                    "{log_uniform: [lo, hi]} | {uniform: [lo, hi]} | {int: [lo, hi], log: false} | {choice: [...]}")
+    metric: Text(*METRIC_DIRECTIONS, what="metric") = Field(
+        description="what ranks the trials, at the epoch whose weights a training keeps: val_loss | val_accuracy")
+    direction: Text("minimize", "maximize", what="direction") = Field(
+        description="minimize (val_loss) | maximize (val_accuracy)")
+    sampler: Text("tpe", "random", what="sampler") = Field(
+        description="how trials are drawn: tpe (Optuna's tree-structured Parzen estimator) | random")
+    seed: Integer(0) = Field(description="the sampler's seed: a sequential search draws the same trials again")
+    n_startup_trials: Integer(0) = Field(description="tpe: trials drawn at random before the estimator takes over")
+    pruner: Text("median", "successive_halving", "none", what="pruner") = Field(
+        description="stops unpromising trials after an epoch: median | successive_halving | none")
+    pruner_startup_trials: Integer(0) = Field(
+        description="median: trials that finish before any is pruned")
+    pruner_warmup_epochs: Integer(0) = Field(
+        description="epochs every trial trains before it may be pruned (successive_halving: its first rung)")
+
+    @model_validator(mode="after")
+    def _direction_fits_metric(self, info: ValidationInfo) -> SearchConfig:
+        if self.direction != METRIC_DIRECTIONS[self.metric]:
+            # named where the user wrote it: a direction left at its default is the metric's mistake
+            sources = info.context
+            at = "direction" if sources is None or sources.origin(("search", "direction")) == sources.user_file \
+                else "metric"
+            fail(f"{self.metric} is {'a loss' if self.direction == 'maximize' else 'an accuracy'}: searching with "
+                 f"direction {self.direction} would look for the worst model; use direction "
+                 f"{METRIC_DIRECTIONS[self.metric]}", at)
+        return self
 
 
 class AttackConfig(Section):
@@ -314,6 +351,8 @@ class ConfigFile(Section):
     dataloader: Name = Field(description="dataloader that feeds the shards to the model (dataloaders/)")
     model: Name = Field(description="model, by class name (models/); --model-name overrides it per run")
     training: TrainingConfig = Field(description="training defaults; task parameters override them per run")
+    search: SearchConfig = Field(description="hyperparameter search (HyperparameterSearchTask): the settings it "
+                                             "varies and how it searches")
     plugins: Annotated[Names("plugin modules", allow_empty=True, item=ModuleName), EMPTY_LIST_IF_NULL] = Field(
         description="Python modules (dotted names like my_group.taggers) whose models, dataloaders and "
                     "processors are registered besides the built-in ones")
@@ -403,6 +442,11 @@ class ConfigFile(Section):
                         expressions.validate(getattr(target, key), known, unknown_means=unknown_means)
                     except expressions.ExpressionError as error:
                         fail(str(error), "regression_targets", name, key)
+        return self
+
+    @model_validator(mode="after")
+    def _searched_training_values(self) -> ConfigFile:
+        check_training_values(self.search.space, TrainingConfig)
         return self
 
     @model_validator(mode="after")

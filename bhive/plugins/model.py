@@ -166,6 +166,9 @@ class TrainingSettings:
     # experiment tracking (bhive.tracking): the MLflow run as JSON, empty for none; it says
     # where the training is recorded, and changes nothing in it
     mlflow: dict[str, Any] = field(default_factory=dict)
+    # a trial of a hyperparameter search reports to its study (bhive.search_trial): "<storage
+    # file below the store>#<trial number>"; empty: not a trial
+    search_trial: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -242,6 +245,14 @@ class Model(ABC):
 def model_class(name: str) -> type[Model]:
     """The registered model called ``name``; an unknown name lists the known ones."""
     return MODELS.get(name)
+
+
+def hyperparameter_names(cls: type[Model]) -> tuple[str, ...]:
+    """What ``model_settings.<Model>`` may set: the arguments the constructor takes by name
+    besides the input description."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                 if name not in ("self", "spec") and parameter.kind in named)
 
 
 def file_records(directory: Path) -> dict[str, dict[str, Any]]:

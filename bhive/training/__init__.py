@@ -6,6 +6,6 @@ from bhive.training.fitting import (  # noqa: F401
     ARTIFACT, HISTORY, build, check_artifact, loader, plot_history, train, train_here, training_settings,
 )
 from bhive.training.loop import (  # noqa: F401
-    TrainingError, TrainingInterrupted, TrainingStopped, autocast, fit, learning_rate_factor, load_tensors,
+    CHECKPOINT, TrainingError, TrainingInterrupted, TrainingStopped, autocast, fit, learning_rate_factor, load_tensors,
     resolve_device, seed_everything, to_device,
 )

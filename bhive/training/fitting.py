@@ -12,7 +12,6 @@ rank 0 writes what one process would have written.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import torch
 from bhive import attacks, dataset, tracking
 from bhive.config import Config
 from bhive.plugins.dataloader import LoaderSettings, dataloader_class
-from bhive.plugins.model import MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, check_files, model_class
+from bhive.plugins.model import (MODEL_FILE, InputSpec, Model, ModelError, TrainingSettings, check_files,
+                                 hyperparameter_names, model_class)
 from bhive.store import atomic_directory, atomic_write_json, code_version, read_json
 from bhive.training import launcher, trackers
 from bhive.training.distributed import World, training_device, world
@@ -64,9 +64,8 @@ def build(cfg: Config, model_name: str, dataset_dir: Path, seed: int = 42) -> Mo
     try:
         return cls.create(spec, **hyperparameters) if hasattr(cls, "create") else cls(spec, **hyperparameters)
     except TypeError as error:
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "spec")]
         raise ModelError(f"{cfg.path}: model_settings.{model_name}: {error}; {model_name} takes "
-                         f"{', '.join(allowed) or 'no hyperparameters'}") from None
+                         f"{', '.join(hyperparameter_names(cls)) or 'no hyperparameters'}") from None
 
 
 def loader(cfg: Config, model: Model, dataset_dir: Path, settings: TrainingSettings,
@@ -96,10 +95,10 @@ def train(cfg: Config, model_name: str, dataset_dir: Path, output: Path, setting
     # what the last process would find wrong with the device, said before any process starts
     training_device(settings.device, World(devices - 1, devices, devices - 1))
     modules = [cls.__module__, dataloader_class(cfg.dataloader).__module__, *getattr(cfg, "plugins", ())]
-    job = {"config": str(cfg.path), "config_hash": cfg.hash, "modules": list(dict.fromkeys(modules)),
-           "model": model_name, "dataset": str(dataset_dir), "output": str(output),
-           "validation": str(validation_dir) if validation_dir else None, "settings": settings.to_json(),
-           "resume": resume}
+    job = {"config": str(cfg.path), "overrides": cfg.overrides, "config_hash": cfg.hash,
+           "modules": list(dict.fromkeys(modules)), "model": model_name, "dataset": str(dataset_dir),
+           "output": str(output), "validation": str(validation_dir) if validation_dir else None,
+           "settings": settings.to_json(), "resume": resume}
     launcher.launch(job, devices, output / "work")
     return read_json(output / HISTORY)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bhive import search_trial
 from bhive.plugins.model import TrainingSettings
 from bhive.training import trackers
 # defined in its own module so that the observers' modules, listed here, can subclass it
@@ -26,6 +27,7 @@ Factory = Callable[[TrainingSettings, Path], "EpochObserver | None"]
 #: the factories asked for each training's observers, in order
 FACTORIES: tuple[Factory, ...] = (
     trackers.tensorboard_hparams, trackers.mlflow_metrics,  # experiment tracking (bhive.tracking)
+    search_trial.observer,  # the pruning of a hyperparameter search (bhive.search)
 )
 
 

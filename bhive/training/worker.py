@@ -61,7 +61,7 @@ def _train(job: dict) -> None:
     from bhive.plugins.registry import load_plugins
     from bhive.training.fitting import train_here
 
-    cfg = load_config(job["config"])
+    cfg = load_config(job["config"], overrides=job["overrides"])
     if cfg.hash != job["config_hash"]:
         raise TrainingError(f"the config {job['config']} changed after the training was started; start it again")
     load_plugins(job["modules"])
