@@ -3,14 +3,15 @@ and the metadata b-hive writes into it (ONNX ``metadata_props``).
 
 A deployed graph travels without the store, so what a consumer needs to feed it and read it
 (feature order, classes, discriminators, working points, where it came from) goes into the
-file. Every metadata value is JSON (a string value is a quoted JSON string), so one parser
-reads all of them, in Python (``onnx.load``, ``onnxruntime``'s ``custom_metadata_map``) or in
-C++.
+file. Every metadata value is strict JSON (a string value is a quoted JSON string, an
+undefined number null), so one parser reads all of them, in Python (``onnx.load``,
+``onnxruntime``'s ``custom_metadata_map``) or in C++.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,19 +57,34 @@ def tensors(model: Path | onnx.ModelProto) -> dict[str, list[Tensor]]:
             "outputs": [described(v) for v in graph.output]}
 
 
-def write_metadata(source: Path, destination: Path, entries: Mapping[str, Any]) -> None:
-    """``source`` with ``entries`` as its metadata (each value as JSON), written atomically to
-    ``destination``; entries of the same key that ``source`` had are replaced."""
+def json_value(value: Any) -> Any:
+    """``value`` as plain JSON: tuples as lists, NaN and infinities as null (strict JSON
+    parsers, C++ ones among them, refuse them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return value
+
+
+def write_metadata(source: Path, destination: Path, entries: Mapping[str, Any]) -> dict[str, Any]:
+    """``source`` with ``entries`` as its metadata (each value as strict JSON), written
+    atomically to ``destination``; entries of the same key that ``source`` had are replaced.
+    Returns the entries as a reader will find them (:func:`json_value`)."""
     import onnx
 
     model = _load(source)
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in entries]
+    written = {key: json_value(value) for key, value in entries.items()}
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in written]
     del model.metadata_props[:]
-    onnx.helper.set_model_props(model, {**dict(kept), **{key: json.dumps(value, sort_keys=True)
-                                                         for key, value in entries.items()}})
+    onnx.helper.set_model_props(model, {**dict(kept), **{key: json.dumps(value, sort_keys=True, allow_nan=False)
+                                                         for key, value in written.items()}})
     onnx.checker.check_model(model)
     with atomic_path(Path(destination)) as temporary:
         onnx.save(model, str(temporary))
+    return written
 
 
 def read_metadata(model: Path | onnx.ModelProto) -> dict[str, Any]:

@@ -73,6 +73,22 @@ def repeated(batch: Mapping[str, np.ndarray], n_jets: int) -> dict[str, np.ndarr
     return {k: np.ascontiguousarray(np.concatenate([v] * repeats)[:n_jets]) for k, v in batch.items()}
 
 
+def test_jets(dataloader: str, dataset_dir: Path, classes: Mapping, onnx_path: Path,
+              n_jets: int) -> dict[str, np.ndarray]:
+    """Up to ``n_jets`` jets of a test dataset as the graph's inputs (by name), read by the
+    config's dataloader as the export's check reads them."""
+    from bhive.onnx_io import tensors
+    from bhive.plugins.dataloader import LoaderSettings, dataloader_class
+
+    names = [tensor.name for tensor in tensors(onnx_path)["inputs"]]
+    groups = tuple(name for name in names if not name.startswith("mask_"))
+    loader = dataloader_class(dataloader)(dataset_dir, groups, classes, LoaderSettings(batch_size=n_jets))
+    batch = next(iter(loader.inference_batches()), None)
+    if batch is None:
+        raise ProfileError(f"no jets to profile with: the test dataset {dataset_dir} is empty")
+    return {name: batch[name] for name in names}
+
+
 def measure(onnx_path: Path, inputs: Mapping[str, np.ndarray], batch_sizes: Sequence[int] = BATCH_SIZES,
             threads: Sequence[str] = THREADS, seconds: float = 1.0) -> list[dict[str, Any]]:
     """One row per thread setting and batch size (``COLUMNS``), each timed for at least
