@@ -103,7 +103,8 @@ def test_a_config_that_differs_from_its_graph_is_reported(tmp_path):
     path, _ = exported("GradientBoosting", tmp_path / "export")
     directory = triton.write_repository(tmp_path / "triton", "gb", path, triton.Batching())
     config = directory / "config.pbtxt"
-    config.write_text(config.read_text().replace("dims: [ 6, 2 ]", "dims: [ 2, 6 ]").replace("TYPE_BOOL", "TYPE_INT8", 1))
+    text = config.read_text().replace("dims: [ 6, 2 ]", "dims: [ 2, 6 ]")
+    config.write_text(text.replace("TYPE_BOOL", "TYPE_INT8", 1))
     found = triton.problems(config, directory / "1" / "model.onnx")
     assert len(found) == 1 and "('cpf', 'TYPE_FP32', [2, 6])" in found[0] and "TYPE_INT8" in found[0]
     config.write_text(config.read_text().replace('"onnxruntime_onnx"', '"tensorrt_plan"'))

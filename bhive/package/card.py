@@ -95,8 +95,8 @@ def _inputs_and_outputs(sources: Sources, metadata: Mapping, triton: Mapping) ->
         if tensor.name == "probabilities":
             meaning = "class probabilities, columns " + ", ".join(metadata["classes"])
         else:
-            meaning = "; ".join(f"{t['name']} ({t['loss']}{', quantiles ' + str(t['quantiles']) if t['quantiles'] else ''}"
-                                f"): columns {t['columns']}" for t in metadata.get("regression", []))
+            meaning = "; ".join(f"{t['name']} ({t['loss']}" + (f", quantiles {t['quantiles']}" if t["quantiles"] else "")
+                                + f"): columns {t['columns']}" for t in metadata.get("regression", []))
         outputs.append((f"`{tensor.name}`", _shape(tensor), tensor.dtype, meaning))
     return ["## Inputs and outputs", "",
             "Raw features in the units of the training ntuples, in the order given: any standardisation and "
