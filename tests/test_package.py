@@ -15,8 +15,8 @@ import pytest
 from bhive import package, profiling, triton
 from bhive.onnx_io import json_value, read_metadata, tensors, write_metadata
 from bhive.package.metadata import metadata
-from bhive.store import file_sha256, read_json
 from bhive.plugins.model import RegressionTarget
+from bhive.store import file_sha256, read_json
 from models.base import InputSpec
 from models.dnn import DNN
 from tests.onnx_models import SPEC, exported, raw_batch
