@@ -3,7 +3,8 @@
 Histogram gradient boosting on the global features plus fixed-size summaries of each
 candidate group (number of real candidates, and the mean and maximum of every feature over
 them, and the features of the leading candidate). It shows that nothing in b-hive's tasks
-assumes PyTorch, and it is a strong, quick baseline.
+assumes PyTorch, and it is a strong, quick baseline. Its ONNX export computes the summaries
+inside the graph (``models/gradient_boosting_onnx.py``).
 
 The fitted estimator is saved with skops, not pickle: artifacts live in a shared store, and a
 pickle replaced there would run code when loaded. Loading reads the file's type list first and
@@ -60,7 +61,14 @@ TRUSTED_NODES = frozenset({"ObjectNode", "DictNode", "ListNode", "TupleNode", "J
 
 
 def summaries(batch: Mapping[str, np.ndarray], groups: Iterable[str]) -> np.ndarray:
-    """Per-jet features: globals, and per candidate group count, mean, max and leading entry."""
+    """Per-jet features: globals, and per candidate group count, mean, max and leading entry.
+
+    The mean and maximum are over real candidates and skip NaN values; a jet without any gives
+    NaN, which the trees treat as a missing value. The sum behind the mean adds the candidates
+    one after the other, in float32: the ONNX graph (models/gradient_boosting_onnx.py) adds
+    them in the same order, so that both give the same bits, which a tree threshold equal to a
+    training value needs.
+    """
     columns = []
     for group in groups:
         values = np.asarray(batch[group], dtype=np.float32)
@@ -69,12 +77,16 @@ def summaries(batch: Mapping[str, np.ndarray], groups: Iterable[str]) -> np.ndar
             continue
         mask = np.asarray(batch[f"mask_{group}"], dtype=bool)
         count = mask.sum(axis=1, keepdims=True)
-        masked = np.where(mask[..., None], values, np.nan)
-        # jets without candidates give NaN, which the trees treat as missing values
+        valid = mask[..., None] & ~np.isnan(values)
+        kept = np.where(valid, values, np.float32(0.0))
+        total = np.zeros(values.shape[::2], dtype=np.float32)
+        for candidate in range(values.shape[1]):
+            total += kept[:, candidate]
+        with np.errstate(invalid="ignore"):
+            mean = total / valid.sum(axis=1).astype(np.float32)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(masked, axis=1)
-            maximum = np.nanmax(masked, axis=1)
+            maximum = np.nanmax(np.where(valid, values, np.nan), axis=1)
         columns += [count.astype(np.float32), mean, maximum, values[:, 0, :]]
     return np.concatenate(columns, axis=1)
 
@@ -155,6 +167,14 @@ class GradientBoosting(Model):
     def predict(self, batches: Iterable[Mapping[str, np.ndarray]]) -> np.ndarray:
         parts = [self._full_probabilities(summaries(batch, self.groups)) for batch in batches]
         return np.concatenate(parts) if parts else np.zeros((0, self.spec.n_classes))
+
+    def export_onnx(self, path: Path, batch: Mapping[str, np.ndarray], tolerance: float) -> dict:
+        """The summaries as ONNX operators in front of skl2onnx's trees
+        (:mod:`models.gradient_boosting_onnx`): the same named raw inputs as the PyTorch models'
+        graphs, ``probabilities`` out."""
+        from models.gradient_boosting_onnx import export_onnx
+
+        return export_onnx(self, path, batch, tolerance)
 
     def save(self, directory: Path) -> None:
         directory = Path(directory)

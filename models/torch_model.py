@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bhive import training
+from bhive import onnx_check, training
 from bhive.attacks import Attacker
 from bhive.dataset import TARGET
 from bhive.standardisation import feature_statistics
@@ -175,9 +175,6 @@ class TorchModel(nn.Module, Model):
     def export_onnx(self, path: Path, batch: Mapping[str, np.ndarray], tolerance: float) -> dict:
         return export_onnx(self, path, batch, tolerance)
 
-    def input_keys(self) -> tuple[str, ...]:
-        return tuple(k for g in self.groups for k in ((g,) if g == "global" else (g, f"mask_{g}")))
-
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -218,9 +215,8 @@ class _ProbabilitiesModule(nn.Module):
         return torch.softmax(logits, dim=1), self.model.regression_values(outputs)
 
 
-#: batch sizes the ONNX check runs at besides the whole check batch; the export itself traces
-#: 8 jets, so a batch size frozen into the graph (e.g. LSTM initial states) cannot go unnoticed
-CHECK_BATCH_SIZES = (1, 7)
+#: jets the export traces; the check (bhive.onnx_check) runs at other batch sizes, so a batch
+#: size frozen into the graph (e.g. LSTM initial states) cannot go unnoticed
 EXPORT_BATCH_SIZE = 8
 
 
@@ -229,8 +225,6 @@ def export_onnx(model: TorchModel, path: Path, batch: Mapping[str, np.ndarray], 
     onnxruntime reproduces the PyTorch probabilities on ``batch`` within ``tolerance``, run
     whole and as its first 1 and 7 jets."""
     import warnings
-
-    import onnxruntime
 
     name = type(model).__name__
     model = model.to("cpu").eval()
@@ -258,19 +252,6 @@ def export_onnx(model: TorchModel, path: Path, batch: Mapping[str, np.ndarray], 
         with torch.no_grad():
             expected = wrapper(*checked)
         expected = [e.numpy() for e in (expected if wrapper.regression else (expected,))]
-        session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
-        differences = {}
-        n_jets = len(expected[0])
-        for size in sorted({*(s for s in CHECK_BATCH_SIZES if s < n_jets), n_jets}):
-            feeds = {k: np.ascontiguousarray(batch[k][:size]) for k in keys}
-            obtained = session.run(output_names, feeds)
-            # regression outputs in the targets' units (GeV for a jet pt): compared relative
-            # to their size, like the probabilities, which are at most 1
-            differences[str(size)] = max(float(np.max(np.abs(o - e[:size]) / np.maximum(np.abs(e[:size]), 1.0)))
-                                         for o, e in zip(obtained, expected)) if size else 0.0
-    difference = max(differences.values())
-    return {"model": name, "inputs": list(keys), "outputs": output_names, "classes": list(model.classes),
-            **({"regression": model.spec.regression_columns()} if wrapper.regression else {}),
-            "n_jets_checked": n_jets, "max_abs_difference": difference,
-            "max_abs_difference_by_batch_size": differences, "tolerance": tolerance,
-            "passed": difference <= tolerance}
+        by_batch_size = onnx_check.differences(temporary, batch, keys, output_names, expected)
+    return onnx_check.record(name, keys, output_names, model.classes, len(expected[0]), by_batch_size, tolerance,
+                             **({"regression": model.spec.regression_columns()} if wrapper.regression else {}))

@@ -9,7 +9,7 @@ from bhive import export, inference, tracking, training
 from bhive.config import ConfigError
 from bhive.evaluation import comparison, curves, distributions, regression, robustness, summary, working_points
 from bhive.store import atomic_write_json, check_name, read_json
-from tasks.base import DatasetVersionTask, config_name
+from tasks.base import DatasetVersionTask
 from tasks.dataset import DatasetConstructionTask
 from tasks.export import ExportTask
 from tasks.parameters import (DatasetParameters, TestAttackParameters, TestParameters, TrainingParameters,
@@ -37,12 +37,9 @@ class ScoringTask(TestAttackParameters, TestParameters, TrainingParameters, Data
         return TrainingTask.req(self)
 
     def store_parts(self) -> tuple[str, ...]:
-        test = self.test_dataset_version
-        if self.test_config and config_name(self.test_config) != self.config_name:
-            test = f"{config_name(self.test_config)}-{test}"
         attack = attack_of(self, "test_attack")
         scored = self.model() if not attack.active else f"{self.model()}-{attack.label()}"
-        return (*super().store_parts(), test, self.training_version, scored)
+        return (*super().store_parts(), self.test_dataset_part(), self.training_version, scored)
 
     def scored_inputs(self) -> dict:
         """The training and the test dataset its model is applied to."""

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import luigi
-
 from bhive import export, training
 from tasks.base import DatasetVersionTask
 from tasks.dataset import DatasetConstructionTask
-from tasks.parameters import DatasetParameters, TestParameters, TrainingParameters
+from tasks.parameters import DatasetParameters, ExportParameters, TestParameters, TrainingParameters
 from tasks.training import TrainingTask
 
 
-class ExportTask(TestParameters, TrainingParameters, DatasetParameters, DatasetVersionTask):
+class ExportTask(ExportParameters, TestParameters, TrainingParameters, DatasetParameters, DatasetVersionTask):
     """``model.onnx`` and ``onnx_check.json`` (onnxruntime vs the model on held-out jets)."""
-
-    n_check_jets = luigi.IntParameter(default=2048, description="held-out jets compared; default: 2048")
-    tolerance = luigi.FloatParameter(default=1e-4, description="maximum |onnx - model| probability difference")
 
     config_keys = ("classes", "dataloader")
     version_parameter = "--training-version"

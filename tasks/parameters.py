@@ -15,7 +15,7 @@ from luigi.freezing import recursively_unfreeze
 
 from bhive import construction, tracking
 from bhive.attacks import ATTACKS, Attack
-from tasks.base import ConfigParameter, NameParameter
+from tasks.base import ConfigParameter, NameParameter, config_name
 
 
 class DatasetParameters:
@@ -150,3 +150,26 @@ class TestParameters:
     allow_validation_on_test = luigi.BoolParameter(
         default=False, description="score a test dataset that also selected the training's best epoch "
         "(--validation-dataset-version); the summary marks such a result as biased")
+
+    def test_dataset_part(self) -> str:
+        """The store path part naming the scored test dataset: its version, after the other
+        config's name when --test-config names another config (``other_wg-v1``)."""
+        test = self.test_dataset_version
+        if self.test_config and config_name(self.test_config) != self.config_name:
+            test = f"{config_name(self.test_config)}-{test}"
+        return test
+
+
+class ExportParameters:
+    """How an export is checked against the model."""
+
+    n_check_jets = luigi.IntParameter(default=2048, description="held-out jets compared; default: 2048")
+    tolerance = luigi.FloatParameter(default=1e-4, description="maximum |onnx - model| probability difference")
+
+
+class ProfileParameters:
+    """What an export's cost is measured at."""
+
+    batch_sizes = luigi.Parameter(default="1,16,64,256,1024",
+                                  description="batch sizes profiled; default: 1,16,64,256,1024")
+    profile_seconds = luigi.FloatParameter(default=1.0, description="least time each setting is timed; default: 1")

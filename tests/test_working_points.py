@@ -113,3 +113,30 @@ def test_working_point_settings_are_checked_when_the_config_loads(tmp_path, over
         load_config("wp", config_dir=tmp_path)
     write_config(tmp_path, "ok", unit_config(tmp_path, discriminators=discriminators, working_points_on=["ttbar"]))
     assert load_config("ok", config_dir=tmp_path).working_points_on == ("ttbar",)
+
+
+def test_rates_of_each_working_point_on_every_selection_by_hand(tmp_path):
+    from types import SimpleNamespace
+
+    from bhive.evaluation.working_points import rates_by_selection
+
+    predictions = scored_jets()
+    arrays = predictions["arrays"]
+    weights = np.where(arrays["process"] == 0, 2.0, 0.5)  # signed event weights count
+    predictions["arrays"]["mc_weight"] = weights
+    predictions["info"]["event_weight"] = "genWeight"
+    points = [{"discriminator": "BvsL", "working_point": "medium", "derived_on": "all", "threshold": 0.6},
+              {"discriminator": "CvsL", "working_point": "loose", "derived_on": "ttbar", "threshold": 0.3}]
+    cut = SimpleNamespace(name="qcd", cuts={"pt": (50.0, 100.0)})  # a config process with evaluation cuts
+    rows = rates_by_selection(predictions, {}, points, [cut])
+    selections = ["all", "ttbar", "qcd", "qcd (pt 50-100)"]
+    assert [(r["discriminator"], r["selection"]) for r in rows] == [(d, s) for d in ("BvsL", "CvsL") for s in selections]
+    p, label, pt = arrays["scores"], arrays["label"], arrays["kinematics"][:, 0]
+    bvsl = p[:, 0] / (p[:, 0] + p[:, 2] + p[:, 3])
+    for row in rows[:4]:
+        mask = {"all": np.ones(len(label), bool), "ttbar": arrays["process"] == 0, "qcd": arrays["process"] == 1,
+                "qcd (pt 50-100)": (arrays["process"] == 1) & (pt >= 50) & (pt < 100)}[row["selection"]]
+        b, light = mask & (label == 0), mask & np.isin(label, [2, 3])
+        assert row["efficiency"] == pytest.approx(weights[b & (bvsl >= 0.6)].sum() / weights[b].sum())
+        assert row["misid"] == pytest.approx(weights[light & (bvsl >= 0.6)].sum() / weights[light].sum())
+        assert row["threshold"] == 0.6 and row["derived_on"] == "all"

@@ -191,3 +191,33 @@ def write_working_points(predictions: Mapping, configured_discriminators: Mappin
     atomic_write_json(directory / "charm_working_points.json", charm_rows)
     atomic_write_json(directory / "working_points.json", rows)
     return {"single": rows, "charm": charm_rows}
+
+
+def rates_by_selection(predictions: Mapping, configured_discriminators: Mapping, points: Sequence[Mapping],
+                       processes: Sequence = ()) -> list[dict]:
+    """Efficiency and mis-identification of each working point of ``points`` (rows of
+    ``working_points.json``: a threshold on a discriminator, derived on one selection) on every
+    selection of the scored jets: all jets, each process, each process with its cuts. A
+    threshold derived on all jets passes a different share of ttbar's b jets than of QCD's,
+    which is what a deployment in one of them needs to know. NaN where a selection has no
+    signal (or background) jet."""
+    arrays, info = predictions["arrays"], predictions["info"]
+    discriminators = discriminators_for(configured_discriminators, info["classes"])
+    masks = selections(arrays, info, processes)
+    weights = event_weights(arrays, info)
+    weights = np.ones(len(arrays["label"])) if weights is None else weights
+
+    def share(passed: np.ndarray, chosen: np.ndarray) -> float:
+        total = float(weights[chosen].sum())
+        return float(weights[chosen & passed].sum()) / total if chosen.any() and total != 0 else float("nan")
+
+    rows = []
+    for point in points:
+        values, is_signal, used = discriminator_values(arrays, info, *discriminators[point["discriminator"]])
+        passed = values >= point["threshold"]
+        for selection, mask in masks.items():
+            rows.append({"discriminator": point["discriminator"], "working_point": point["working_point"],
+                         "derived_on": point["derived_on"], "threshold": point["threshold"], "selection": selection,
+                         "efficiency": share(passed, used & is_signal & mask),
+                         "misid": share(passed, used & ~is_signal & mask)})
+    return rows

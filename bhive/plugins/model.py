@@ -233,12 +233,21 @@ class Model(ABC):
         """Rebuild a saved model (from the directory :meth:`save` wrote); called by inference,
         export and evaluation in processes that never saw the training."""
 
+    def input_keys(self) -> tuple[str, ...]:
+        """The batch arrays the model reads, in the order of its ONNX graph's inputs: each used
+        group, a candidate group followed by its mask (``mask_<group>``). One order for every
+        model, so that a deployment feeds any b-hive graph the same named arrays."""
+        groups = type(self).used_groups(self.spec)
+        return tuple(k for g in groups for k in ((g,) if g == "global" else (g, f"mask_{g}")))
+
     def export_onnx(self, path: Path, batch: Mapping[str, np.ndarray], tolerance: float) -> dict:
         """Write the model as ONNX to ``path`` (inputs by array name, class probabilities out)
         and compare onnxruntime with the model on ``batch``, a batch of held-out jets as the
         dataloader's ``inference_batches`` yields them. Returns the check: ``model``,
-        ``max_abs_difference`` (and ``_by_batch_size``), ``passed``. Called by ``ExportTask``;
-        a model without an ONNX export keeps this refusal."""
+        ``max_abs_difference`` (and ``_by_batch_size``), ``passed`` (:mod:`bhive.onnx_check`
+        makes both). The graph's inputs are :meth:`input_keys`, raw as the loader gives them: any
+        standardisation or feature building happens inside. Called by ``ExportTask``; a model
+        without an ONNX export keeps this refusal."""
         raise ModelError(f"model {type(self).__name__} has no ONNX export")
 
 
