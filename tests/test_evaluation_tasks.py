@@ -15,6 +15,7 @@ from tasks.evaluation import (ComparisonTask, EvaluationTask, FeatureDistributio
 from tests.test_training_tasks import configure
 
 
+@pytest.mark.slow
 def test_evaluation_chain(tmp_path, monkeypatch, store):
     configure(tmp_path, monkeypatch)
     task = EvaluationTask(config="unit", version="v1", model_name="DNN", compare="v1/GradientBoosting",
@@ -87,6 +88,7 @@ def test_working_points_from_the_config(tmp_path):
         load_config("wp", config_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_scoring_another_configs_dataset(tmp_path, monkeypatch, store, caplog):
     import logging
 
@@ -114,6 +116,7 @@ def test_scoring_another_configs_dataset(tmp_path, monkeypatch, store, caplog):
     assert "trained on global features" in caplog.text and not mismatch.complete()
 
 
+@pytest.mark.slow
 def test_a_test_dataset_that_selected_the_epoch_is_refused_unless_allowed(tmp_path, monkeypatch, store):
     configure(tmp_path, monkeypatch)
     common = dict(config="unit", version="v1", model_name="DNN", executor="iterative", validation_dataset_version="v1")

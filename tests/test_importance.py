@@ -193,6 +193,7 @@ def test_the_reduced_snippet_keeps_the_top_features_in_config_order(tmp_path):
         reduced_features({**scores, ("vtx", "sv_energy"): 1.0}, cfg, top=2)
 
 
+@pytest.mark.slow
 def test_feature_importance_task_through_law(tmp_path, monkeypatch, store):
     from tasks.importance import FeatureImportanceTask
     from tasks.training import TrainingTask

@@ -187,6 +187,7 @@ def test_overrides_are_config_values_and_checked_like_them(configure):
 # -- the search, end to end --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_sequential_search_is_reproducible_and_resumes_where_it_stopped(configure, counted, capsys):
     trained, fail = counted
     configure()

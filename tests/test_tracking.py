@@ -170,6 +170,7 @@ def test_a_training_and_its_evaluation_are_one_mlflow_run(tmp_path, monkeypatch,
         "onnx/model.onnx"}
 
 
+@pytest.mark.slow
 def test_of_two_training_processes_only_the_one_that_writes_logs(tmp_path, monkeypatch, store, database) -> None:
     from tasks.training import TrainingTask
 
