@@ -41,20 +41,20 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
         attacker = Attacker(model, attack, feature_rules(cfg.attack, cfg.path))
     loader = scoring_loader(cfg, model, dataset_dir, batch_size)
     meta = loader.meta
-    batches = loader.inference_batches()
-    targets = list(getattr(model.spec, "targets", ()))
+    targets = [t.name for t in model.spec.targets]
+    names = ("truth", "kinematics", "process", "extras", "weight", dataset.EVENT_WEIGHT)
+    regression = None
     if targets:
-        outputs = model.predict_outputs(batches, attacker)
+        if meta.get("targets") != targets:
+            raise ModelError(f"the model predicts the regression targets {', '.join(targets)}, but {dataset_dir} has "
+                             f"{', '.join(meta.get('targets', [])) or 'none'}; score a dataset built with the same "
+                             f"regression_targets")
+        names += (dataset.TARGET, dataset.TARGET_BASELINE)
+        outputs = model.predict_outputs(loader.inference_batches(), attacker)
         scores, regression = outputs["scores"], outputs["regression"]
     else:
+        batches = loader.inference_batches()
         scores = np.asarray(model.predict(batches, attacker) if attacker else model.predict(batches), dtype=np.float64)
-    names = ("truth", "kinematics", "process", "extras", "weight", dataset.EVENT_WEIGHT)
-    if targets:
-        if meta.get("targets") != [t.name for t in targets]:
-            raise ModelError(f"the model predicts the regression targets {', '.join(t.name for t in targets)}, but "
-                             f"{dataset_dir} has {', '.join(meta.get('targets', [])) or 'none'}; score a dataset built "
-                             f"with the same regression_targets")
-        names += (dataset.TARGET, dataset.TARGET_BASELINE)
     columns = {name: [] for name in names}
     for shard in meta["shards"]:
         arrays = dataset.open_shard(dataset_dir, shard["name"])
@@ -64,13 +64,14 @@ def predict_dataset(cfg: Config, model_dir: Path, dataset_dir: Path, batch_size:
             columns[name].append(np.asarray(arrays[name]))
     out = {name: np.concatenate(parts) for name, parts in columns.items()}
     out["scores"] = scores
-    if targets:
-        out[REGRESSION] = np.asarray(regression, dtype=np.float64)
     out["label"] = label_map(meta["truth_labels"], cfg.classes)[out["truth"]].astype(np.int16)
-    info = {**({"regression": model.spec.regression_columns()} if targets else {}),"classes": list(model.classes), "truth_labels": meta["truth_labels"], "processes": meta["processes"],
+    info = {"classes": list(model.classes), "truth_labels": meta["truth_labels"], "processes": meta["processes"],
             "extras": meta["extras"], "kinematics": meta["kinematics"], "event_weight": meta.get("event_weight"),
             "model": str(model_dir), "attack": attack.label() if attack is not None else "nominal",
             "dataset": str(dataset_dir), "n_jets": int(len(scores))}
+    if regression is not None:
+        out[REGRESSION] = np.asarray(regression, dtype=np.float64)
+        info["regression"] = model.spec.regression_columns()
     return {"arrays": out, "info": info}
 
 

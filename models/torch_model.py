@@ -89,11 +89,9 @@ class TorchModel(nn.Module, Model):
 
     def regression_values(self, outputs: torch.Tensor) -> torch.Tensor:
         """Standardised regression outputs in the targets' own units."""
-        scale = torch.cat([getattr(self, f"std_{TARGET}")[i].expand(t.n_outputs)
-                           for i, t in enumerate(self.spec.targets)])
-        shift = torch.cat([getattr(self, f"mean_{TARGET}")[i].expand(t.n_outputs)
-                           for i, t in enumerate(self.spec.targets)])
-        return outputs * scale + shift
+        # each output column belongs to one target: its standardisation, column by column
+        target_of = [i for i, t in enumerate(self.spec.targets) for _ in range(t.n_outputs)]
+        return outputs * getattr(self, f"std_{TARGET}")[target_of] + getattr(self, f"mean_{TARGET}")[target_of]
 
     @property
     def spec(self) -> InputSpec:

@@ -217,9 +217,8 @@ class JetProcessor(processor.ProcessorABC):
                     continue
                 value = expressions.evaluate(expression, columns, f"regression target {what}", source)
                 out[:, index] = (value if np.ndim(value) == 0 else _per_jet(value, what, source)[selected])
-        with np.errstate(invalid="ignore"):
-            values[~np.isfinite(values)] = np.nan
-            baselines[~np.isfinite(baselines)] = np.nan
+        values[~np.isfinite(values)] = np.nan  # inf as well: one marker of "no valid value"
+        baselines[~np.isfinite(baselines)] = np.nan
         return values, baselines
 
     def _add_custom_features(self, columns: dict, source: str) -> None:
