@@ -5,6 +5,9 @@
 Rows:
 - the shard loader delivering DeepJet's inputs, in jets/s, beside a plain in-memory copy of
   the same arrays batched by random index (its limit);
+- the same loader on shards with packed candidates, as dataset construction writes them,
+  beside the same jets zero-padded on disk (dataset format 1): the fastest of three epochs
+  each, measured in alternation;
 - per model, one training step (forward, backward, optimiser step) in jets/s at the default
   batch size, on CPU and, when CUDA is present, on the GPU in fp32 and with bf16/fp16 mixed
   precision; the ratio is the loader's rate over the step's: it must stay >= 3 so the loader
@@ -59,7 +62,9 @@ MODEL_SETTINGS = {
 }
 
 
-def synthetic_dataset(directory: Path, n_jets: int, shard_size: int = 50_000) -> Path:
+def synthetic_dataset(directory: Path, n_jets: int, shard_size: int = 50_000, packed: bool = True) -> Path:
+    """Random jets with the ``hlt_ak4`` shapes; candidates stored packed, as dataset
+    construction writes them, or (``packed=False``) zero-padded, as format 1 did."""
     rng = np.random.default_rng(1)
     shards = []
     for index, start in enumerate(range(0, n_jets, shard_size)):
@@ -69,7 +74,8 @@ def synthetic_dataset(directory: Path, n_jets: int, shard_size: int = 50_000) ->
             size, features = HLT_SHAPES[group]
             counts = rng.integers(0, size + 1, n)
             mask = np.arange(size)[None, :] < counts[:, None]
-            arrays[group] = (rng.normal(size=(n, size, features)) * mask[..., None]).astype(np.float32)
+            values = (rng.normal(size=(n, size, features)) * mask[..., None]).astype(np.float32)
+            arrays[group] = values[mask] if packed else values
             arrays[f"mask_{group}"] = mask
         arrays["truth"] = rng.integers(0, 4, n).astype(np.int16)
         arrays["weight"] = rng.uniform(0.2, 1.0, n).astype(np.float32)
@@ -89,14 +95,21 @@ def synthetic_dataset(directory: Path, n_jets: int, shard_size: int = 50_000) ->
     return directory
 
 
-def loader_rate(directory: Path, groups, batch_size: int) -> tuple[float, float]:
-    """(shard loader jets/s, in-memory copy jets/s) for one pass over the data."""
+def stream_rate(directory: Path, groups, batch_size: int) -> float:
+    """The shard loader's jets/s over one epoch."""
     loader = ShardDataLoader(directory, groups, CLASSES, LoaderSettings(batch_size=batch_size, sampling="loss_weight",
                                                                           validation_fraction=0.0))
     started, n = time.perf_counter(), 0
     for batch in loader.train_batches(0):
         n += len(batch["label"])
-    streamed = n / (time.perf_counter() - started)
+    return n / (time.perf_counter() - started)
+
+
+def loader_rate(directory: Path, groups, batch_size: int) -> tuple[float, float]:
+    """(shard loader jets/s, in-memory copy jets/s) for one pass over the data."""
+    loader = ShardDataLoader(directory, groups, CLASSES, LoaderSettings(batch_size=batch_size, sampling="loss_weight",
+                                                                          validation_fraction=0.0))
+    streamed = stream_rate(directory, groups, batch_size)
 
     arrays = {}
     for shard in loader.meta["shards"]:
@@ -335,6 +348,18 @@ def run(dataset_dir: Path | None, n_jets: int, batch_size: int, steps: int,
         rows.append({"stage": "dataloader (DeepJet inputs)", "figure": streamed, "unit": "jets/s",
                      "reference": in_memory, "reference_name": "in-memory copy, random-index batches",
                      "ratio": streamed / in_memory})
+        if dataset_dir is None:
+            # measured in alternation, the fastest epoch of each: other work only slows one down
+            padded_directory = synthetic_dataset(Path(scratch) / "padded", n_jets, packed=False)
+            rates = {True: [], False: []}
+            for _ in range(3):
+                for packed in rates:
+                    rates[packed].append(stream_rate(directory if packed else padded_directory,
+                                                     ("global", "cpf", "vtx"), batch_size))
+            rows.append({"stage": "dataloader, packed candidates (DeepJet inputs)", "figure": max(rates[True]),
+                         "unit": "jets/s", "reference": max(rates[False]),
+                         "reference_name": "the same jets zero-padded on disk",
+                         "ratio": max(rates[True]) / max(rates[False])})
         loader = ShardDataLoader(directory, ("global", "cpf", "vtx"), CLASSES,
                                  LoaderSettings(batch_size=batch_size, sampling="loss_weight", validation_fraction=0))
         sample = next(iter(loader.train_batches(0)))

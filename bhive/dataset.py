@@ -14,6 +14,13 @@ branch's value for the jet (a generator weight, possibly negative) and, where th
 config gives none). Shards are
 memory-mappable, so a reader never needs a whole dataset in memory.
 
+The candidate arrays are stored packed (format 2, :mod:`bhive.packed`): ``cpf.npy`` holds the
+(entries, n_features) rows that ``mask_cpf`` keeps, jet by jet, instead of the zero-padded
+(n, n_candidates, n_features) array, which is about half the bytes to write, hash and read.
+:func:`open_shard` gives them as :class:`~bhive.packed.PackedArray`, which reads as the padded
+array (rows sliced or gathered, ``np.asarray``). Datasets of format 1, padded on disk, are read
+as they are.
+
 Shards are built from pieces in one streaming pass, so memory is bounded by one shard and no
 piece is ever held whole. Each jet's shard is drawn when its piece is written: a seeded key in
 [0, 1) per jet, a function of the seed, the piece's name (input file, tree and entry range) and
@@ -36,15 +43,18 @@ from pathlib import Path
 
 import numpy as np
 
-from bhive import pieces, reweighting
+from bhive import packed, pieces, reweighting
 from bhive.store import atomic_directory, atomic_write_json, file_problem, read_json
 
 META_FILE = "meta.json"
-FORMAT_VERSION = 1
+#: written by this code: candidate arrays packed; datasets of format 1 (padded) are still read
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 WEIGHT = "weight"
 EVENT_WEIGHT = "mc_weight"
 TARGET = "target"
 TARGET_BASELINE = "target_baseline"
+_REBUILD = "remove the dataset with --remove-output and build it again, or use a new --dataset-version"
 # stream of the seeded random generator of the order within a shard (pieces draw the shard keys)
 _SHARD_ORDER = 1
 
@@ -125,32 +135,31 @@ def _reader(directory: Path, info: dict, layout: dict, seed: int, n_shards: int)
 
 def _gather(sources: Sequence[pieces.PieceReader], index: int, layout: dict, rng: np.random.Generator) \
         -> dict[str, np.ndarray]:
-    """Shard ``index``: its block of rows of every piece, in a seeded random order."""
+    """Shard ``index``: its block of rows of every piece, in a seeded random order. Packed
+    arrays stay packed: their entries follow their jets to the jets' new rows."""
     sizes = [source.n_jets(index) for source in sources]
-    n = sum(sizes)
-    destination = rng.permutation(n)
+    destination = rng.permutation(sum(sizes))
+    rows_of = np.split(destination, np.cumsum(sizes)[:-1])  # each piece's jets' rows in the shard
     arrays = {}
-    for name, spec in layout.items():
-        dtype, shape, mask_name = np.dtype(spec["dtype"]), tuple(spec["shape"][1:]), spec.get("packed_by")
-        # a packed array (only the entries its mask keeps) is scattered to its entries' places
-        # in the zero-padded rows: (row, slot) flattened to a row of the (jets * slots, ...) view
-        values = np.zeros((n, *shape), dtype) if mask_name else np.empty((n, *shape), dtype)
-        rows = values.reshape(-1, *shape[1:]) if mask_name else values
-        block = np.empty((max([s.n_rows(name, index) for s in sources], default=0), *rows.shape[1:]), dtype)
-        offset = 0
-        for source, size in zip(sources, sizes):
+    # jet arrays first: a packed array's entries are placed by its mask's rows in the shard
+    for name in sorted(layout, key=lambda name: "packed_by" in layout[name]):
+        spec = layout[name]
+        dtype, mask_name = np.dtype(spec["dtype"]), spec.get("packed_by")
+        if mask_name is None:
+            values = np.empty((len(destination), *spec["shape"][1:]), dtype)
+            places = rows_of
+        else:
+            offsets = packed.entry_offsets(arrays[mask_name])
+            values = np.empty((int(offsets[-1]), *spec["shape"][2:]), dtype)
+            places = [packed.entry_rows(offsets, rows) for rows in rows_of]
+        block = np.empty((max([s.n_rows(name, index) for s in sources], default=0), *values.shape[1:]), dtype)
+        for source, targets in zip(sources, places):
             count = source.n_rows(name, index)
             try:
                 source.read(name, index, block[:count])
-                targets = destination[offset:offset + size]
-                if mask_name:
-                    kept = np.empty((size, shape[0]), bool)
-                    source.read(mask_name, index, kept)
-                    targets = (targets[:, None] * shape[0] + np.arange(shape[0]))[kept]
             except pieces.PieceError as error:
                 raise DatasetError(f"{error}; remove the pieces and make them again") from None
-            rows[targets] = block[:count]
-            offset += size
+            values[targets] = block[:count]
         arrays[name] = values
     return arrays
 
@@ -197,14 +206,16 @@ def load_meta(directory: Path) -> dict:
     if not path.exists():
         raise DatasetError(f"{directory} is not a finished dataset: {META_FILE} is missing")
     meta = read_json(path)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"{path}: dataset format {meta.get('format_version')} is not the supported "
-                           f"{FORMAT_VERSION}; rebuild the dataset with a new --dataset-version")
+    if meta.get("format_version") not in READABLE_FORMATS:
+        raise DatasetError(f"{path}: dataset format {meta.get('format_version')} is not one this code reads "
+                           f"({', '.join(map(str, READABLE_FORMATS))}); rebuild the dataset with a new "
+                           f"--dataset-version")
     return meta
 
 
-def open_shard(directory: Path, name: str, mmap: bool = True) -> dict[str, np.ndarray]:
-    """All arrays of one shard, memory-mapped by default."""
+def open_shard(directory: Path, name: str, mmap: bool = True) -> dict[str, np.ndarray | packed.PackedArray]:
+    """All arrays of one shard, memory-mapped by default. A candidate array stored packed
+    (format 2) comes as a :class:`~bhive.packed.PackedArray`, read as the zero-padded array."""
     shard = Path(directory) / name
     if not shard.is_dir():
         raise DatasetError(f"shard {shard} is missing; the dataset is damaged: remove it with --remove-output "
@@ -214,6 +225,18 @@ def open_shard(directory: Path, name: str, mmap: bool = True) -> dict[str, np.nd
         try:
             arrays[path.stem] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (ValueError, OSError) as error:
-            raise DatasetError(f"dataset file {path} cannot be read ({error}); it is damaged: remove the dataset "
-                               f"with --remove-output and build it again, or use a new --dataset-version") from None
+            raise DatasetError(f"dataset file {path} cannot be read ({error}); it is damaged: {_REBUILD}") from None
+    for array_name, mask_name in packed_arrays(arrays).items():
+        try:
+            arrays[array_name] = packed.PackedArray(arrays[array_name], arrays[mask_name],
+                                                    name=f"dataset file {shard / array_name}.npy")
+        except packed.PackedArrayError as error:
+            raise DatasetError(f"{error}: it is damaged; {_REBUILD}") from None
     return arrays
+
+
+def packed_arrays(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """Array name -> mask name of the packed arrays among a shard's ``arrays``: those with a
+    ``mask_<name>`` beside them whose dimensions are the mask's (a padded array has one more)."""
+    return {name: f"mask_{name}" for name, values in arrays.items()
+            if f"mask_{name}" in arrays and values.ndim == arrays[f"mask_{name}"].ndim}

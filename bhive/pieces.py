@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bhive import packed
 from bhive.store import atomic_directory
 
 INFO_FILE = "info.json"
@@ -87,9 +88,7 @@ def write_piece(directory: Path, arrays: Mapping[str, np.ndarray], info: dict, s
         for name, values in arrays.items():
             spec = {"shape": list(values.shape), "dtype": values.dtype.str}
             if name in masks:
-                kept = arrays[masks[name]][order]
-                # entry (jet, slot) of the padded array as a row of its (jets * slots, ...) view
-                entries = (order[:, None] * kept.shape[1] + np.arange(kept.shape[1]))[kept]
+                entries = packed.padded_rows(order, arrays[masks[name]][order])
                 stored = values.reshape(-1, *values.shape[2:])[entries]
                 spec.update(packed_by=masks[name], entries=len(entries))
             else:
@@ -108,9 +107,7 @@ def load_array(directory: Path, name: str) -> np.ndarray:
     stored = np.load(directory / f"{name}.npy", allow_pickle=False)
     mask_name = spec.get("packed_by")
     if mask_name is not None:
-        padded = np.zeros(spec["shape"], stored.dtype)
-        padded[np.load(directory / f"{mask_name}.npy", allow_pickle=False)] = stored
-        stored = padded
+        stored = packed.unpack(stored, np.load(directory / f"{mask_name}.npy", allow_pickle=False))
     order = np.argsort(shard_keys(info[SHARD_SEED], Path(directory).name, len(stored)), kind="stable")
     made = np.empty_like(stored)
     made[order] = stored
@@ -131,8 +128,8 @@ class PieceReader:
             shape, mask_name = spec["shape"], spec.get("packed_by")
             if mask_name is not None:
                 shape = [spec["entries"], *shape[2:]]
-                entries_per_jet = np.load(self.directory / f"{mask_name}.npy", allow_pickle=False).sum(axis=1)
-                self._entry_bounds[name] = np.concatenate([[0], np.cumsum(entries_per_jet)])[self.bounds]
+                mask = np.load(self.directory / f"{mask_name}.npy", allow_pickle=False)
+                self._entry_bounds[name] = packed.entry_offsets(mask)[self.bounds]
             self._files[name] = _ArrayFile(self.directory / f"{name}.npy", shape, np.dtype(spec["dtype"]))
 
     def n_jets(self, shard: int) -> int:

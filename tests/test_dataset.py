@@ -163,6 +163,21 @@ def test_pieces_store_padded_candidates_packed(unit):
     assert np.load(piece / "cpf.npy").shape == (mask.sum(), cpf.shape[2]) and not cpf[~mask].any()
 
 
+def test_shards_store_candidates_packed_and_keep_every_jet_of_the_pieces(unit):
+    directory, meta = build(unit, "a")
+    piece_dirs = sorted((unit["tmp"] / "a" / "pieces").iterdir())
+    made = {k: np.concatenate([pieces.load_array(p, k) for p in piece_dirs]) for k in ("global", "cpf", "vtx")}
+    stored = load_all(directory, meta)
+    for shard in meta["shards"]:
+        on_disk, mask = (np.load(directory / shard["name"] / f"{k}.npy") for k in ("cpf", "mask_cpf"))
+        assert on_disk.shape == (mask.sum(), 2)
+    # the same jets, each with its own candidates: match them by their global features
+    order_made = np.lexsort(made["global"].T[::-1])
+    order_stored = np.lexsort(stored["global"].T[::-1])
+    for key in ("global", "cpf", "vtx"):
+        np.testing.assert_array_equal(stored[key][order_stored], made[key][order_made])
+
+
 def test_dask_executor_on_a_local_cluster_gives_the_same_shards(unit):
     reference_dir, reference = build(unit, "iterative", executor="iterative")
     dask_dir, dask_meta = build(unit, "dask", executor="dask", processes=2)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bhive import dataset
+from bhive import dataset, packed
 from bhive.identity import VersionConflictError
 from tasks.dataset import DatasetConstructionTask, DatasetPiecesTask
 from tests.test_tasks import config_dir  # noqa: F401  (fixture: tiny simulated config "tiny")
@@ -26,7 +26,10 @@ def test_simulated_dataset_train_and_test(config_dir, store):  # noqa: F811
     assert {f["process"] for f in meta["files"]} == {0, 1}
     assert len(meta["features"]["cpf"]) == 24 and meta["n_candidates"] == {"cpf": 25, "vtx": 4}
     shard = dataset.open_shard(train.output_directory(), meta["shards"][0]["name"])
-    assert isinstance(shard["cpf"], np.memmap)
+    # memory-mapped: the packed candidates' entries and mask, and every other array
+    assert isinstance(shard["cpf"], packed.PackedArray) and shard["cpf"].shape[1:] == (25, 24)
+    assert isinstance(shard["cpf"].entries, np.memmap) and isinstance(shard["cpf"].mask, np.memmap)
+    assert isinstance(shard["global"], np.memmap)
     # the pieces are gone once the shards exist, the simulated inputs are untouched
     assert not any(DatasetPiecesTask.req(train).pieces_directory().glob("pieces"))
     assert train.requires()["pieces"].requires()["simulation"].complete()

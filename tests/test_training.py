@@ -102,7 +102,10 @@ def test_rank_shares_make_up_the_global_batches(tiny, sampling):
     cfg, directory = tiny
     loader = make_loader(cfg, directory, ("global", "cpf"), sampling=sampling)
     batches = list(loader.train_batches(1))
-    assert len(batches[-1]["label"]) < 128
+    # every training jet is read with loss weights, a number of jets that leaves a short last
+    # batch; the jets stochastic sampling keeps depend on the shards, which depend on the input
+    # files' paths, so their last batch is full now and then
+    assert len(batches[-1]["label"]) < 128 if sampling == "loss_weight" else len(batches[-1]["label"]) <= 128
     for n_ranks in (1, 2, 3):
         shares = [list(loader.rank_train_batches(1, rank, n_ranks)) for rank in range(n_ranks)]
         assert all(len(own) == len(batches) for own in shares)
