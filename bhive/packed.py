@@ -33,10 +33,12 @@ def entry_rows(offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.repeat(starts - firsts, counts) + np.arange(int(counts.sum()))
 
 
-def padded_rows(rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """For a padded array of ``mask.shape[1]`` slots, the rows of its (jets * slots, ...) view
-    that jets ``rows`` (whose masks are ``mask``) keep, jet after jet."""
-    return (np.asarray(rows, dtype=np.int64)[:, None] * mask.shape[1] + np.arange(mask.shape[1]))[mask]
+def rows_all(entry_flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per jet: whether ``entry_flags`` holds for every one of its entries (a jet without
+    entries: True)."""
+    jets = np.ones(len(offsets) - 1, dtype=bool)
+    jets[np.repeat(np.arange(len(jets)), np.diff(offsets))[~entry_flags]] = False
+    return jets
 
 
 def unpack(entries: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -110,6 +112,12 @@ class PackedArray:
             if rows.ndim == 1 and (rows.dtype.kind in "iu" or len(rows) == 0):
                 return self.take(rows.astype(np.int64))
         return np.asarray(self)[key]
+
+    def select(self, rows: np.ndarray) -> PackedArray:
+        """Jets ``rows`` (numbers, or a boolean per jet) as a packed array."""
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        return PackedArray(np.asarray(self.entries[entry_rows(self.offsets, rows)]), np.asarray(self.mask[rows]))
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The padded rows ``rows`` (numbers of jets, negative ones from the end)."""

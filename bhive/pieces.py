@@ -70,15 +70,15 @@ def read_info(directory: Path) -> dict | None:
         return json.load(stream)
 
 
-def write_piece(directory: Path, arrays: Mapping[str, np.ndarray], info: dict, seed: int,
+def write_piece(directory: Path, arrays: Mapping[str, np.ndarray | packed.PackedArray], info: dict, seed: int,
                 masks: Mapping[str, str] | None = None) -> None:
     """Write arrays, their jets in the order of their shard keys for ``seed``, and info to
     ``directory`` atomically (a temporary directory, then a rename).
 
-    ``masks`` names, for (jets, slots, ...) arrays padded with zeros, their (jets, slots) mask:
-    such an array is stored packed, only the entries its mask keeps, which for candidate
-    arrays is about half of the padded size. Two workers that process the same chunk write
-    identical pieces; the later rename wins.
+    ``masks`` names, for (jets, slots, ...) arrays, packed or padded with zeros, their
+    (jets, slots) mask: such an array is stored packed, only the entries its mask keeps, which
+    for candidate arrays is about half of the padded size. Two workers that process the same
+    chunk write identical pieces; the later rename wins.
     """
     masks = dict(masks or {})
     n_jets = len(next(iter(arrays.values()))) if arrays else 0
@@ -88,9 +88,10 @@ def write_piece(directory: Path, arrays: Mapping[str, np.ndarray], info: dict, s
         for name, values in arrays.items():
             spec = {"shape": list(values.shape), "dtype": values.dtype.str}
             if name in masks:
-                entries = packed.padded_rows(order, arrays[masks[name]][order])
-                stored = values.reshape(-1, *values.shape[2:])[entries]
-                spec.update(packed_by=masks[name], entries=len(entries))
+                if not isinstance(values, packed.PackedArray):
+                    values = packed.PackedArray(values[arrays[masks[name]]], arrays[masks[name]])
+                stored = np.asarray(values.entries)[packed.entry_rows(values.offsets, order)]
+                spec.update(packed_by=masks[name], entries=len(stored))
             else:
                 stored = values[order]
             np.save(temporary / f"{name}.npy", stored, allow_pickle=False)

@@ -63,8 +63,15 @@ def test_packing_helpers_agree_with_a_loop():
     rows = np.array([9, 1, 30, 1])
     expected = [offsets[r] + k for r in rows for k in range(mask[r].sum())]
     assert list(packed.entry_rows(offsets, rows)) == expected
-    flat = values.reshape(-1, values.shape[2])
-    np.testing.assert_array_equal(flat[packed.padded_rows(rows, mask[rows])], entries_by_hand(values[rows], mask[rows]))
+    flags = np.isfinite(np.where(np.arange(int(offsets[-1])) % 7 == 3, np.nan, 0.0))
+    by_hand = [all(flags[offsets[j]:offsets[j + 1]]) for j in range(len(mask))]
+    assert list(packed.rows_all(flags, offsets)) == by_hand and not all(by_hand)
+    selected = packed.PackedArray(entries_by_hand(values, mask), mask).select(rows)
+    assert isinstance(selected, packed.PackedArray)
+    np.testing.assert_array_equal(np.asarray(selected), values[rows])
+    chosen = np.arange(len(mask)) % 3 == 0
+    np.testing.assert_array_equal(np.asarray(packed.PackedArray(entries_by_hand(values, mask), mask).select(chosen)),
+                                  values[chosen])
     np.testing.assert_array_equal(packed.unpack(entries_by_hand(values, mask), mask), values)
 
 

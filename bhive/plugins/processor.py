@@ -21,7 +21,7 @@ import numpy as np
 from coffea import processor
 from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
-from bhive import expressions, inputs, pieces, reweighting
+from bhive import expressions, inputs, packed, pieces, reweighting
 from bhive.dataset import EVENT_WEIGHT, TARGET, TARGET_BASELINE
 from bhive.config import Config
 from bhive.plugins.registry import Registry
@@ -141,8 +141,9 @@ class JetProcessor(processor.ProcessorABC):
                            "num_rows": metadata["entrystop"] - metadata["entrystart"]}
         return NanoEventsFactory.from_preloaded(arrays, schemaclass=BaseSchema, metadata=metadata).events()
 
-    def build(self, table: ak.Array, source: str) -> tuple[dict[str, np.ndarray], dict]:
-        """Arrays and bookkeeping of one chunk's jets (no I/O)."""
+    def build(self, table: ak.Array, source: str) -> tuple[dict[str, np.ndarray | packed.PackedArray], dict]:
+        """Arrays and bookkeeping of one chunk's jets (no I/O); the candidate groups as
+        :class:`~bhive.packed.PackedArray`, read as the zero-padded arrays."""
         cfg = self.cfg
         columns = {field: table[field] for field in table.fields}
         self._add_custom_features(columns, source)
@@ -179,9 +180,13 @@ class JetProcessor(processor.ProcessorABC):
         for key in ("global", "cpf", "npf", "vtx", "kinematics", EVENT_WEIGHT):
             if key in arrays:
                 values = arrays[key]
-                finite &= np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+                if isinstance(values, packed.PackedArray):
+                    finite &= packed.rows_all(np.isfinite(values.entries).all(axis=1), values.offsets)
+                else:
+                    finite &= np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
         if not finite.all():
-            arrays = {k: v[finite] for k, v in arrays.items()}
+            arrays = {k: v.select(finite) if isinstance(v, packed.PackedArray) else v[finite]
+                      for k, v in arrays.items()}
 
         sums = reweighting.bin_sums(arrays["kinematics"][:, 0], arrays["kinematics"][:, 1], arrays["truth"],
                                     cfg.bins_pt, cfg.bins_eta, len(cfg.truth_labels), arrays.get(EVENT_WEIGHT))
@@ -237,10 +242,10 @@ class JetProcessor(processor.ProcessorABC):
             out[:, i] = _scalar(columns, name, source)[selected]
         return out
 
-    def _candidate_array(self, group, columns, selected, source) -> tuple[np.ndarray, np.ndarray]:
-        """Zero-padded (jets, n_candidates, features) array and its (jets, n_candidates) mask."""
+    def _candidate_array(self, group, columns, selected, source) -> tuple[packed.PackedArray, np.ndarray]:
+        """The (jets, n_candidates, features) array, packed, and its (jets, n_candidates) mask."""
         names = [*group.features, *group.custom_features]
-        n_jets, size = int(selected.sum()), group.n_candidates
+        size = group.n_candidates
         counts, flat = None, []
         for name in names:
             jagged = columns[name]
@@ -255,21 +260,19 @@ class JetProcessor(processor.ProcessorABC):
                                      f"have different numbers of entries per jet; they must come from one collection")
             flat.append(ak.to_numpy(ak.flatten(jagged)))
         # Index arithmetic on the offsets: for each candidate that is kept (a selected jet's
-        # first `size`), where it is in the flat buffers and which row of the padded
-        # (jets * size, features) array it fills. One gather per feature into a feature-major
-        # block, then one scatter of whole rows: numpy's fast paths, with no jagged selection.
+        # first `size`), where it is in the flat buffers. One gather per feature into a
+        # feature-major block, one transposition into the packed entries: numpy's fast paths,
+        # with no jagged selection and no padding.
         kept = np.minimum(counts[selected], size)
-        n_kept = int(kept.sum())
-        within = np.arange(n_kept) - np.repeat(np.cumsum(kept) - kept, kept)
+        offsets = np.concatenate([[0], np.cumsum(kept)])
+        n_kept = int(offsets[-1])
+        within = np.arange(n_kept) - np.repeat(offsets[:-1], kept)
         origin = np.repeat((np.cumsum(counts) - counts)[selected], kept) + within
-        row = np.repeat(np.arange(n_jets) * size, kept) + within
         gathered = np.empty((len(names), n_kept), dtype=np.float32)
         for values, out in zip(flat, gathered):
             np.take(values.astype(np.float32, copy=False), origin, out=out)
-        padded = np.zeros((n_jets * size, len(names)), dtype=np.float32)
-        padded[row] = gathered.T
         mask = np.arange(size)[None, :] < kept[:, None]
-        return padded.reshape(n_jets, size, len(names)), mask
+        return packed.PackedArray(np.ascontiguousarray(gathered.T), mask, offsets), mask
 
 
 class _Loaded(dict):
