@@ -190,13 +190,20 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     for line in report_lines:
         (logger.warning if line in warnings else logger.info)(line)
 
-    shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt, cfg.bins_eta,
-                                  processes)
-    plot_paths = plotting.plot_spectra(histograms, reweighting.reweighted_histograms(histograms, weights),
-                                       cfg.bins_pt, cfg.bins_eta, labels, directory / "plots")
-    closure = _closure_spectra(piece_dirs, weights, cfg)
-    plot_paths += plotting.plot_closure(*closure, cfg.bins_pt, cfg.bins_eta, labels, cfg.reference_flavour,
-                                        directory / "plots")
+    def spectra_plots() -> list[Path]:
+        paths = plotting.plot_spectra(histograms, reweighting.reweighted_histograms(histograms, weights),
+                                      cfg.bins_pt, cfg.bins_eta, labels, directory / "plots")
+        closure = _closure_spectra(piece_dirs, weights, cfg)
+        return paths + plotting.plot_closure(*closure, cfg.bins_pt, cfg.bins_eta, labels, cfg.reference_flavour,
+                                             directory / "plots")
+
+    # the plots need the weights, not the shards: with several merging threads they are drawn
+    # alongside the merge (the merge's copies and hashing leave the interpreter free)
+    with concurrent.futures.ThreadPoolExecutor(1) as side:
+        plotted = side.submit(spectra_plots) if processes > 1 else None
+        shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt,
+                                      cfg.bins_eta, processes)
+        plot_paths = plotted.result() if plotted is not None else spectra_plots()
 
     per_file: dict[str, dict] = {}
     for info in infos:

@@ -39,7 +39,7 @@ def build(unit, name="out", executor="iterative", processes=1, chunk_size=300, s
     identity = {"test": name}
     meta = construction.build_dataset(cfg, piece_dirs, work / "dataset", split="train", seed=seed,
                                       shard_size=shard_size, dataset_identity=identity,
-                                      histograms_from=histograms_from)
+                                      histograms_from=histograms_from, processes=processes)
     return work / "dataset", meta
 
 
@@ -137,6 +137,9 @@ def test_same_inputs_and_seed_give_identical_shards_with_any_executor(unit):
     first_dir, first = build(unit, "a", executor="iterative")
     second_dir, second = build(unit, "b", executor="futures", processes=2)
     assert shard_digest(first_dir, first) == shard_digest(second_dir, second)
+    # with several merging threads the plots are drawn alongside the merge: the same plots
+    assert second["plots"] == first["plots"] and len(first["plots"]) > 6
+    assert all((second_dir / plot).stat().st_size > 0 for plot in second["plots"])
     other_dir, other = build(unit, "c", seed=4)
     assert shard_digest(other_dir, other) != shard_digest(first_dir, first)
 
