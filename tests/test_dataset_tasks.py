@@ -28,7 +28,7 @@ def test_simulated_dataset_train_and_test(config_dir, store):  # noqa: F811
     shard = dataset.open_shard(train.output_directory(), meta["shards"][0]["name"])
     # memory-mapped: the packed candidates' entries and mask, and every other array
     assert isinstance(shard["cpf"], packed.PackedArray) and shard["cpf"].shape[1:] == (25, 24)
-    assert isinstance(shard["cpf"].entries, np.memmap) and isinstance(shard["cpf"].mask, np.memmap)
+    assert isinstance(shard["cpf"].entries.base, np.memmap) and isinstance(shard["cpf"].mask.base, np.memmap)
     assert isinstance(shard["global"], np.memmap)
     # the pieces are gone once the shards exist, the simulated inputs are untouched
     assert not any(DatasetPiecesTask.req(train).pieces_directory().glob("pieces"))

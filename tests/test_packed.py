@@ -75,6 +75,13 @@ def test_packing_helpers_agree_with_a_loop():
     np.testing.assert_array_equal(packed.unpack(entries_by_hand(values, mask), mask), values)
 
 
+def test_rows_without_values_pack_too():
+    _, mask = padded_example()
+    array = packed.PackedArray(np.zeros((int(mask.sum()), 0), np.float32), mask)
+    assert array[[3, 1]].shape == (2, 6, 0) and np.asarray(array.select([3, 1])).shape == (2, 6, 0)
+    assert np.asarray(array).shape == (40, 6, 0)
+
+
 def test_entries_that_do_not_match_their_mask_are_refused():
     values, mask = padded_example()
     entries = entries_by_hand(values, mask)
