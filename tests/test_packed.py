@@ -132,3 +132,31 @@ def test_datasets_of_an_unknown_format_are_refused(tmp_path):
     dataset.atomic_write_json(tmp_path / dataset.META_FILE, {"format_version": 3, "shards": []})
     with pytest.raises(dataset.DatasetError, match="dataset format 3 is not one this code reads"):
         dataset.load_meta(tmp_path)
+
+
+def test_the_loader_gives_the_same_batches_from_packed_and_padded_shards(tmp_path, monkeypatch):
+    """The same dataset written padded (format 1) and packed (format 2): the same batches, in
+    every stream and with either sampling."""
+    from dataloaders.base import LoaderSettings
+    from dataloaders.shards import ShardDataLoader
+    from tests.training_data import tiny_dataset
+
+    cfg, directory = tiny_dataset(tmp_path, monkeypatch)
+    meta = dataset.load_meta(directory)
+    padded = tmp_path / "padded"
+    for shard in meta["shards"]:
+        arrays = {key: np.asarray(values) for key, values in dataset.open_shard(directory, shard["name"]).items()}
+        assert arrays["cpf"].ndim == 3 and (directory / shard["name"] / "cpf.npy").stat().st_size < arrays["cpf"].nbytes
+        write_shard(padded / shard["name"], arrays)
+    dataset.atomic_write_json(padded / dataset.META_FILE, {**meta, "format_version": 1})
+    for sampling in ("stochastic", "loss_weight"):
+        settings = LoaderSettings(batch_size=96, seed=2, validation_fraction=0.25, sampling=sampling)
+        loaders = [ShardDataLoader(d, ("global", "cpf", "vtx"), cfg.classes, settings) for d in (directory, padded)]
+        for stream in (lambda loader: loader.train_batches(1), lambda loader: loader.validation_batches(),
+                       lambda loader: loader.inference_batches()):
+            packed_batches, padded_batches = (list(stream(loader)) for loader in loaders)
+            assert len(packed_batches) == len(padded_batches) > 2
+            for one, other in zip(packed_batches, padded_batches):
+                assert one.keys() == other.keys()
+                for key in one:
+                    np.testing.assert_array_equal(one[key], other[key])
