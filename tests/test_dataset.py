@@ -1,6 +1,7 @@
 """Dataset construction: shapes, selection, weights, reproducibility, executors, resumption."""
 
 import hashlib
+import pickle
 import logging
 
 import numpy as np
@@ -251,3 +252,22 @@ def test_process_assignment(caplog):
     with caplog.at_level(logging.WARNING):
         assert inputs.assign_processes(["/x/wjets_1.root"], processes, overlap="warn") == {"/x/wjets_1.root": -1}
     assert "matches no process" in caplog.text
+
+
+def test_coffea_lays_out_only_the_branches_the_processor_reads(unit, monkeypatch):
+    from bhive.plugins.processor import JetProcessor
+
+    cfg = unit["cfg"]
+    files = inputs.resolve_files(cfg.samples.train, "train")
+    seen = []
+    original = JetProcessor._read
+    monkeypatch.setattr(JetProcessor, "_read", lambda self, events: seen.append(set(events.fields))
+                        or original(self, events))
+    build(unit)
+    in_file = inputs.tree_branches(files[0], cfg.treename).branches
+    read = DeepNtupleProcessor(cfg, unit["tmp"], {}).read_branches(in_file)
+    assert seen and all(fields == read for fields in seen) and read < in_file
+    # the filter pickles, so that process pools and dask workers get it
+    chosen = construction.BranchFilter(frozenset(read))
+    assert pickle.loads(pickle.dumps(chosen)) == chosen and chosen(sorted(read)[0])
+    assert not chosen(sorted(in_file - read)[0])
