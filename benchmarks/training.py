@@ -107,12 +107,10 @@ def stream_rate(directory: Path, groups, batch_size: int) -> float:
 
 def loader_rate(directory: Path, groups, batch_size: int) -> tuple[float, float]:
     """(shard loader jets/s, in-memory copy jets/s) for one pass over the data."""
-    loader = ShardDataLoader(directory, groups, CLASSES, LoaderSettings(batch_size=batch_size, sampling="loss_weight",
-                                                                          validation_fraction=0.0))
     streamed = stream_rate(directory, groups, batch_size)
 
     arrays = {}
-    for shard in loader.meta["shards"]:
+    for shard in dataset_format.load_meta(directory)["shards"]:
         for key, values in dataset_format.open_shard(directory, shard["name"], mmap=False).items():
             arrays.setdefault(key, []).append(values)
     arrays = {k: np.concatenate(v) for k, v in arrays.items()}
@@ -353,9 +351,9 @@ def run(dataset_dir: Path | None, n_jets: int, batch_size: int, steps: int,
             padded_directory = synthetic_dataset(Path(scratch) / "padded", n_jets, packed=False)
             rates = {True: [], False: []}
             for _ in range(3):
-                for packed in rates:
-                    rates[packed].append(stream_rate(directory if packed else padded_directory,
-                                                     ("global", "cpf", "vtx"), batch_size))
+                for packed, measured in rates.items():
+                    measured.append(stream_rate(directory if packed else padded_directory, ("global", "cpf", "vtx"),
+                                                batch_size))
             rows.append({"stage": "dataloader, packed candidates (DeepJet inputs)", "figure": max(rates[True]),
                          "unit": "jets/s", "reference": max(rates[False]),
                          "reference_name": "the same jets zero-padded on disk",

@@ -193,8 +193,7 @@ def check_shards(directory: Path, verify: bool = False) -> None:
             path = Path(directory) / shard["name"] / name
             problem = file_problem(path, recorded, verify)
             if problem:
-                raise DatasetError(f"dataset file {path} is damaged ({problem}); remove the dataset with "
-                                   f"--remove-output and build it again, or use a new --dataset-version")
+                raise DatasetError(f"dataset file {path} is damaged ({problem}); {_REBUILD}")
 
 
 def write_meta(directory: Path, meta: dict) -> None:
@@ -218,8 +217,7 @@ def open_shard(directory: Path, name: str, mmap: bool = True) -> dict[str, np.nd
     (format 2) comes as a :class:`~bhive.packed.PackedArray`, read as the zero-padded array."""
     shard = Path(directory) / name
     if not shard.is_dir():
-        raise DatasetError(f"shard {shard} is missing; the dataset is damaged: remove it with --remove-output "
-                           f"and build it again, or use a new --dataset-version")
+        raise DatasetError(f"shard {shard} is missing; the dataset is damaged: {_REBUILD}")
     arrays = {}
     for path in sorted(shard.glob("*.npy")):
         try:
