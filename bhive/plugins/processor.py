@@ -246,33 +246,55 @@ class JetProcessor(processor.ProcessorABC):
         """The (jets, n_candidates, features) array, packed, and its (jets, n_candidates) mask."""
         names = [*group.features, *group.custom_features]
         size = group.n_candidates
-        counts, flat = None, []
+        counts, lists = None, []
         for name in names:
             jagged = columns[name]
-            if jagged.ndim != 2:
+            if not isinstance(jagged, ak.Array) or jagged.ndim != 2:
                 raise ProcessorError(f"{source}: candidate feature '{name}' of group {group.name} is not a list "
                                      f"per jet; move it to global_features or fix the branch name")
-            lengths = ak.to_numpy(ak.num(jagged, axis=1))
+            starts, stops, content = _list_buffers(jagged)
             if counts is None:
-                counts = lengths
-            elif not np.array_equal(lengths, counts):
+                counts = stops - starts
+            elif not np.array_equal(stops - starts, counts):
                 raise ProcessorError(f"{source}: candidate features '{names[0]}' and '{name}' of group {group.name} "
                                      f"have different numbers of entries per jet; they must come from one collection")
-            flat.append(ak.to_numpy(ak.flatten(jagged)))
-        # Index arithmetic on the offsets: for each candidate that is kept (a selected jet's
-        # first `size`), where it is in the flat buffers. One gather per feature into a
-        # feature-major block, one transposition into the packed entries: numpy's fast paths,
-        # with no jagged selection and no padding.
+            lists.append((starts, content))
+        # Index arithmetic on the list boundaries: for each candidate that is kept (a selected
+        # jet's first `size`), its place in the feature's flat buffer. One gather per feature
+        # into a feature-major block, one transposition into the packed entries: numpy's fast
+        # paths, with no jagged selection and no padding.
         kept = np.minimum(counts[selected], size)
         offsets = np.concatenate([[0], np.cumsum(kept)])
-        n_kept = int(offsets[-1])
-        within = np.arange(n_kept) - np.repeat(offsets[:-1], kept)
-        origin = np.repeat((np.cumsum(counts) - counts)[selected], kept) + within
-        gathered = np.empty((len(names), n_kept), dtype=np.float32)
-        for values, out in zip(flat, gathered):
-            np.take(values.astype(np.float32, copy=False), origin, out=out)
+        within = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], kept)
+        gathered = np.empty((len(names), int(offsets[-1])), dtype=np.float32)
+        first_starts = None
+        for (starts, content), out in zip(lists, gathered):
+            if first_starts is None or not np.array_equal(starts, first_starts):
+                first_starts = starts
+                origin = np.repeat(starts[selected], kept) + within
+            if content.dtype == np.float32:
+                np.take(content, origin, out=out)
+            else:
+                out[:] = content[origin]
         mask = np.arange(size)[None, :] < kept[:, None]
         return packed.PackedArray(np.ascontiguousarray(gathered.T), mask, offsets), mask
+
+
+def _list_buffers(jagged: ak.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, stops, values) of a list of numbers per jet: the jet's values are
+    ``values[starts[i]:stops[i]]``. Read from the layout's own buffers where it is one flat
+    buffer of numbers (as uproot reads a branch); any other layout is flattened first."""
+    layout = jagged.layout
+    content = getattr(layout, "content", None)
+    if isinstance(content, ak.contents.NumpyArray) and content.data.ndim == 1:
+        if isinstance(layout, ak.contents.ListOffsetArray):
+            offsets = np.asarray(layout.offsets.data)
+            return offsets[:-1], offsets[1:], np.asarray(content.data)
+        if isinstance(layout, ak.contents.ListArray):
+            return np.asarray(layout.starts.data), np.asarray(layout.stops.data), np.asarray(content.data)
+    counts = ak.to_numpy(ak.num(jagged, axis=1))
+    stops = np.cumsum(counts)
+    return stops - counts, stops, ak.to_numpy(ak.flatten(jagged))
 
 
 class _Loaded(dict):
