@@ -15,6 +15,10 @@ from tasks.dataset import DatasetConstructionTask
 from tests import deepntuple_files, nanoaod_files
 from tests.deepntuple_files import unit_config, write_config, write_deepntuple
 
+# how the inflater reports a basket that does not inflate: ISA-L (bhive.decompression), or zlib
+# where isal is not installed
+INFLATE_ERROR = r"(zlib\.error|[\w.]*IsalError): "
+
 
 @pytest.fixture
 def samples(tmp_path):
@@ -92,8 +96,8 @@ def test_garbage_in_a_basket_is_reported_when_it_is_read(samples, configure, run
     overwrite(broken, offset + size // 2)
     configure(samples)
     message = run_and_fail()
-    assert (f"truncated or corrupt ROOT file: {broken} (expected {size} bytes at offset {offset} for basket 0 "
-            f"of branch 'jet_pt': zlib.error:") in message
+    assert re.search(re.escape(f"truncated or corrupt ROOT file: {broken} (expected {size} bytes at offset {offset} "
+                               f"for basket 0 of branch 'jet_pt': ") + INFLATE_ERROR, message)
     assert "Replace or re-copy the file, or drop it from `samples`" in message
 
 
@@ -306,9 +310,8 @@ def test_a_damaged_basket_read_by_worker_processes_names_the_file(healthy, tmp_p
     with pytest.raises(inputs.InputFileError) as raised:
         construction.process_files(load_config("nanoaod_ak4"), [str(path)], tmp_path / "pieces", settings,
                                    NanoAODProcessor, file_processes={str(path): 0}, seed=1)
-    assert str(raised.value).startswith(
-        f"truncated or corrupt ROOT file: {path} (expected {size} bytes at offset {offset} for basket 0 of branch "
-        f"'Jet_pt': zlib.error: ")
+    assert re.match(re.escape(f"truncated or corrupt ROOT file: {path} (expected {size} bytes at offset {offset} for "
+                              f"basket 0 of branch 'Jet_pt': ") + INFLATE_ERROR, str(raised.value))
 
 
 def test_an_input_file_error_is_recovered_from_the_message_of_a_wrapper():

@@ -21,7 +21,7 @@ import numpy as np
 from coffea import processor
 from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
-from bhive import expressions, inputs, packed, pieces, reweighting
+from bhive import decompression, expressions, inputs, packed, pieces, reweighting
 from bhive.dataset import EVENT_WEIGHT, TARGET, TARGET_BASELINE
 from bhive.config import Config
 from bhive.plugins.registry import Registry
@@ -102,6 +102,7 @@ class JetProcessor(processor.ProcessorABC):
         directory = Path(self.piece_directory) / name
         info = pieces.read_info(directory)
         if info is None:
+            decompression.inflate_zlib_with_isal()
             try:
                 arrays, info = self.build(self.jet_table(self._read(events)), source)
             except Exception as error:
