@@ -159,7 +159,7 @@ def _gather(sources: Sequence[pieces.PieceReader], index: int, layout: dict, rng
                 source.read(name, index, block[:count])
             except pieces.PieceError as error:
                 raise DatasetError(f"{error}; remove the pieces and make them again") from None
-            values[targets] = block[:count]
+            packed.put_rows(values, targets, block[:count])
         arrays[name] = values
     return arrays
 
