@@ -300,8 +300,9 @@ def test_the_check_reads_no_basket(healthy, monkeypatch):
     assert sum(stop - start for start, stop in requested) < path.stat().st_size / 10
 
 
-@pytest.mark.filterwarnings("ignore:Performed attempt")
-def test_a_damaged_basket_read_by_worker_processes_names_the_file(healthy, tmp_path):
+def damaged_basket_in_worker_processes(healthy, tmp_path) -> tuple[inputs.InputFileError, str]:
+    """The error of processing, on 2 worker processes, a copy of the NanoAOD file with garbage
+    in its first Jet_pt basket, and the message it must start with."""
     path = tmp_path / "nanoaod.root"
     shutil.copy(healthy / path.name, path)
     offset, size = basket_span(path, nanoaod_files.TREE, "Jet_pt")
@@ -310,8 +311,26 @@ def test_a_damaged_basket_read_by_worker_processes_names_the_file(healthy, tmp_p
     with pytest.raises(inputs.InputFileError) as raised:
         construction.process_files(load_config("nanoaod_ak4"), [str(path)], tmp_path / "pieces", settings,
                                    NanoAODProcessor, file_processes={str(path): 0}, seed=1)
-    assert re.match(re.escape(f"truncated or corrupt ROOT file: {path} (expected {size} bytes at offset {offset} for "
-                              f"basket 0 of branch 'Jet_pt': ") + INFLATE_ERROR, str(raised.value))
+    return raised.value, (f"truncated or corrupt ROOT file: {path} (expected {size} bytes at offset {offset} for "
+                          f"basket 0 of branch 'Jet_pt': ")
+
+
+@pytest.mark.filterwarnings("ignore:Performed attempt")
+def test_a_damaged_basket_read_by_worker_processes_names_the_file(healthy, tmp_path):
+    error, start = damaged_basket_in_worker_processes(healthy, tmp_path)
+    assert re.match(re.escape(start) + INFLATE_ERROR, str(error))
+
+
+@pytest.mark.filterwarnings("ignore:Performed attempt")
+def test_a_damaged_basket_is_named_when_workers_send_errors_with_their_causes(healthy, tmp_path):
+    # importing dask.distributed makes every error pickle with its cause and context (tblib), as
+    # a worker sends it back: none of them may be of a class that does not pickle, as ISA-L's
+    # inflate error is
+    from tblib import pickling_support
+
+    pickling_support.install()
+    error, start = damaged_basket_in_worker_processes(healthy, tmp_path)
+    assert str(error).startswith(start)
 
 
 def test_an_input_file_error_is_recovered_from_the_message_of_a_wrapper():

@@ -103,18 +103,22 @@ class JetProcessor(processor.ProcessorABC):
         info = pieces.read_info(directory)
         if info is None:
             decompression.inflate_zlib_with_isal()
+            damaged = None
             try:
                 arrays, info = self.build(self.jet_table(self._read(events)), source)
             except Exception as error:
                 # the baskets are read here, so damage in them surfaces here
                 damaged = inputs.damaged_file_error(source, error)
-                if damaged is not None:
-                    raise damaged from error
-                if isinstance(error, ValueError):
-                    raise  # b-hive's own errors already name the file and the fix
-                raise ProcessorError(
-                    f"{source} (entries {metadata['entrystart']}-{metadata['entrystop']}) cannot be processed: "
-                    f"{type(error).__name__}: {error}") from error
+                if damaged is None:
+                    if isinstance(error, ValueError):
+                        raise  # b-hive's own errors already name the file and the fix
+                    raise ProcessorError(
+                        f"{source} (entries {metadata['entrystart']}-{metadata['entrystop']}) cannot be processed: "
+                        f"{type(error).__name__}: {error}") from error
+            if damaged is not None:
+                # raised outside the handler, without the reader's error as cause or context (the
+                # message carries it): dask pickles an error with both, and ISA-L's does not pickle
+                raise damaged
             info.update(file=source, entry_start=metadata["entrystart"], entry_stop=metadata["entrystop"])
             pieces.write_piece(directory, arrays, info, self.seed,
                                masks={a: m for a, m in GROUP_ARRAYS.values() if a in arrays})
