@@ -21,29 +21,29 @@ The candidate arrays are stored packed (format 2, :mod:`bhive.packed`): ``cpf.np
 array (rows sliced or gathered, ``np.asarray``). Datasets of format 1, padded on disk, are read
 as they are.
 
-Shards are built from pieces in one streaming pass, so memory is bounded by one shard and no
-piece is ever held whole. Each jet's shard is drawn when its piece is written: a seeded key in
+Shards are built from pieces in one streaming pass, so memory is bounded by two shards (one
+merged, the next one's blocks being read) and no piece is ever held whole. Each jet's shard is drawn when its piece is written: a seeded key in
 [0, 1) per jet, a function of the seed, the piece's name (input file, tree and entry range) and
 the jet's row, sends it to shard ``floor(key * n_shards)``, and the piece stores its jets in key
 order (:mod:`bhive.pieces`). A shard then reads one contiguous block of rows from every piece,
 in the order of the piece names, and shuffles them with a generator seeded by the seed and the
 shard's index. Every shard therefore mixes all files and processes, and the same inputs and
 seed give byte-identical shards whatever the executor and whatever order the pieces were
-produced or listed in.
+produced or listed in. Pieces and shards are written, and pieces read, past the page cache
+(:mod:`bhive.direct_io`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from bhive import packed, pieces, reweighting
+from bhive import direct_io, packed, pieces, reweighting
 from bhive.store import atomic_directory, atomic_write_json, file_problem, read_json
 
 META_FILE = "meta.json"
@@ -57,6 +57,8 @@ TARGET_BASELINE = "target_baseline"
 _REBUILD = "remove the dataset with --remove-output and build it again, or use a new --dataset-version"
 # stream of the seeded random generator of the order within a shard (pieces draw the shard keys)
 _SHARD_ORDER = 1
+# reads of piece blocks in flight at once
+_READERS = 8
 
 
 class DatasetError(ValueError):
@@ -88,7 +90,7 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
 
     Returns ``[{"name", "n_jets", "files": {file: {"size", "sha256"}}}]`` per shard. Each shard
     appears complete or not at all; pieces are only read. Memory holds one shard per merging
-    thread and no piece.
+    thread (with one thread, also the next shard's blocks as they are read) and no piece.
     """
     piece_dirs = sorted(piece_dirs, key=lambda d: Path(d).name)  # the given order does not matter
     infos = [pieces.read_info(d) for d in piece_dirs]
@@ -100,9 +102,15 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
     total = sum(info["n_jets"] for info in infos)
     n_shards = max(1, math.ceil(total / shard_size))
     sources = [_reader(d, info, layout, seed, n_shards) for d, info in zip(piece_dirs, infos) if info["n_jets"]]
+    with ThreadPoolExecutor(_READERS, thread_name_prefix="piece-reader") as readers:
+        return _merge(sources, directory, seed, n_shards, layout, readers, weights, bins_pt, bins_eta, processes)
 
-    def shard(index: int) -> dict:
-        arrays = _gather(sources, index, layout, np.random.default_rng([seed, _SHARD_ORDER, index]))
+
+def _merge(sources: Sequence[pieces.PieceReader], directory: Path, seed: int, n_shards: int, layout: dict,
+           readers: Executor, weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float],
+           processes: int) -> list[dict]:
+    def shard(index: int, blocks: dict) -> dict:
+        arrays = _shuffle(blocks, sources, index, layout, np.random.default_rng([seed, _SHARD_ORDER, index]))
         kinematics = arrays["kinematics"]
         arrays[WEIGHT] = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], arrays["truth"],
                                                  bins_pt, bins_eta).astype(np.float32)
@@ -110,10 +118,18 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
         return {"name": shard_name(index), "n_jets": len(kinematics), "files": files}
 
     if processes <= 1:
-        return [shard(index) for index in range(n_shards)]
+        # the next shard's blocks are read while this one is shuffled, weighted and written
+        merged, pending = [], _read_blocks(sources, 0, layout, readers)
+        for index in range(n_shards):
+            blocks = pending
+            if index + 1 < n_shards:
+                pending = _read_blocks(sources, index + 1, layout, readers)
+            merged.append(shard(index, blocks))
+        return merged
     # the work is in file reads, numpy copies and hashing, which release the GIL
     with ThreadPoolExecutor(processes) as pool:
-        futures = [pool.submit(shard, index) for index in range(n_shards)]
+        futures = [pool.submit(lambda i: shard(i, _read_blocks(sources, i, layout, readers)), index)
+                   for index in range(n_shards)]
         try:
             return [future.result() for future in futures]
         except BaseException:
@@ -133,33 +149,46 @@ def _reader(directory: Path, info: dict, layout: dict, seed: int, n_shards: int)
         raise DatasetError(f"{error}; remove the pieces and make them again") from None
 
 
-def _gather(sources: Sequence[pieces.PieceReader], index: int, layout: dict, rng: np.random.Generator) \
-        -> dict[str, np.ndarray]:
-    """Shard ``index``: its block of rows of every piece, in a seeded random order. Packed
-    arrays stay packed: their entries follow their jets to the jets' new rows."""
+def _read_blocks(sources: Sequence[pieces.PieceReader], index: int, layout: dict, readers: Executor) \
+        -> dict[str, tuple[np.ndarray, list[Future]]]:
+    """Start reading the block of shard ``index`` from every piece: per array, one buffer that
+    takes the pieces' blocks one after the other, and the reads that fill it, run by
+    ``readers`` side by side (past the page cache a read waits for the device, and thousands
+    of small waits in a row would take longer than the rest of the merge)."""
+    blocks = {}
+    for name, spec in layout.items():
+        row_shape = spec["shape"][2:] if "packed_by" in spec else spec["shape"][1:]
+        bounds = np.cumsum([0, *(source.n_rows(name, index) for source in sources)])
+        block = np.empty((int(bounds[-1]), *row_shape), np.dtype(spec["dtype"]))
+        blocks[name] = block, [readers.submit(source.read, name, index, block[bounds[k]:bounds[k + 1]])
+                               for k, source in enumerate(sources)]
+    return blocks
+
+
+def _shuffle(blocks: dict[str, tuple[np.ndarray, list[Future]]], sources: Sequence[pieces.PieceReader], index: int,
+             layout: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Shard ``index`` from its ``blocks`` (:func:`_read_blocks`), its jets in a seeded random
+    order. Packed arrays stay packed: their entries follow their jets to the jets' new rows."""
     sizes = [source.n_jets(index) for source in sources]
     destination = rng.permutation(sum(sizes))
     rows_of = np.split(destination, np.cumsum(sizes)[:-1])  # each piece's jets' rows in the shard
     arrays = {}
     # jet arrays first: a packed array's entries are placed by its mask's rows in the shard
     for name in sorted(layout, key=lambda name: "packed_by" in layout[name]):
-        spec = layout[name]
-        dtype, mask_name = np.dtype(spec["dtype"]), spec.get("packed_by")
+        block, reads = blocks[name]
+        try:
+            for read in reads:
+                read.result()
+        except pieces.PieceError as error:
+            raise DatasetError(f"{error}; remove the pieces and make them again") from None
+        mask_name = layout[name].get("packed_by")
         if mask_name is None:
-            values = np.empty((len(destination), *spec["shape"][1:]), dtype)
-            places = rows_of
+            places = destination
         else:
             offsets = packed.entry_offsets(arrays[mask_name])
-            values = np.empty((int(offsets[-1]), *spec["shape"][2:]), dtype)
-            places = [packed.entry_rows(offsets, rows) for rows in rows_of]
-        block = np.empty((max([s.n_rows(name, index) for s in sources], default=0), *values.shape[1:]), dtype)
-        for source, targets in zip(sources, places):
-            count = source.n_rows(name, index)
-            try:
-                source.read(name, index, block[:count])
-            except pieces.PieceError as error:
-                raise DatasetError(f"{error}; remove the pieces and make them again") from None
-            packed.put_rows(values, targets, block[:count])
+            places = np.concatenate([packed.entry_rows(offsets, rows) for rows in rows_of] or [[]]).astype(np.int64)
+        values = np.empty_like(block)
+        packed.put_rows(values, places, block)  # the block holds the pieces' rows in the order of rows_of
         arrays[name] = values
     return arrays
 
@@ -171,17 +200,15 @@ def _write_shard(directory: Path, arrays: dict[str, np.ndarray]) -> dict[str, di
 
 
 def _save(path: Path, values: np.ndarray) -> dict:
-    """``np.save`` of a C-contiguous array, hashing the bytes as they are written rather than
-    reading the file back; returns its size and sha256 as :func:`bhive.store.file_record` does."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(values))
-    digest = hashlib.sha256(header.getvalue())
-    data = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
-    digest.update(data)
-    with open(path, "wb") as stream:
-        stream.write(header.getvalue())
-        stream.write(data)
-    return {"size": len(header.getvalue()) + data.nbytes, "sha256": digest.hexdigest()}
+    """``np.save`` of an array past the page cache (:mod:`bhive.direct_io`), hashing the bytes
+    as they are written rather than reading the file back; returns its size and sha256 as
+    :func:`bhive.store.file_record` does."""
+    values = np.ascontiguousarray(values)
+    header = direct_io.array_header(values)
+    digest = hashlib.sha256(header)
+    digest.update(values.reshape(-1).view(np.uint8))
+    direct_io.write_file(path, [header, values])
+    return {"size": len(header) + values.nbytes, "sha256": digest.hexdigest()}
 
 
 def check_shards(directory: Path, verify: bool = False) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bhive import packed
+from bhive import direct_io, packed
 from bhive.store import atomic_directory
 
 INFO_FILE = "info.json"
@@ -94,7 +94,7 @@ def write_piece(directory: Path, arrays: Mapping[str, np.ndarray | packed.Packed
                 spec.update(packed_by=masks[name], entries=len(stored))
             else:
                 stored = values[order]
-            np.save(temporary / f"{name}.npy", stored, allow_pickle=False)
+            direct_io.save_array(temporary / f"{name}.npy", stored)
             specs[name] = spec
         with open(temporary / INFO_FILE, "w") as stream:
             json.dump({**info, "arrays": specs, SHARD_SEED: seed}, stream, sort_keys=True)
@@ -165,15 +165,7 @@ class _ArrayFile:
         self.row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
-        wanted = (stop - start) * self.row_bytes
-        if wanted == 0:
-            return
-        buffer = memoryview(out.reshape(-1).view(np.uint8))
-        with open(self.path, "rb", buffering=0) as stream:
-            stream.seek(self.offset + start * self.row_bytes)
-            done = 0
-            while done < wanted:
-                got = stream.readinto(buffer[done:])
-                if not got:
-                    raise PieceError(f"piece file {self.path} ends {wanted - done} bytes early")
-                done += got
+        try:
+            direct_io.read_into(self.path, self.offset + start * self.row_bytes, out)
+        except direct_io.ShortFileError as error:
+            raise PieceError(f"piece file {error}") from None
