@@ -17,7 +17,7 @@ import luigi
 import numpy as np
 import pytest
 
-from bhive import dataset
+from bhive import dataset, direct_io
 from bhive.config import ConfigError
 from bhive.store import (StoreError, atomic_directory, atomic_path, atomic_write, check_name, output_lock,
                          private_directory, store_path)
@@ -242,6 +242,14 @@ def test_two_identical_runs_at_once_give_identical_shards(config_dir, store, tmp
     assert together == shard_records(dataset_task())
 
 
+def take(budget: list[int], data) -> None:
+    """Count ``data`` against the bytes the "disk" has left; fail as a full disk does when it has not."""
+    size = memoryview(data).nbytes
+    if budget[0] < size:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    budget[0] -= size
+
+
 class _FillingUp:
     """A file object that takes ``room`` bytes, then fails as a full disk does."""
 
@@ -249,10 +257,12 @@ class _FillingUp:
         self.stream, self.budget = stream, budget
 
     def write(self, data) -> int:
-        if self.budget[0] < len(data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.budget[0] -= len(data)
+        take(self.budget, data)
         return self.stream.write(data)
+
+    def writelines(self, parts) -> None:
+        for part in parts:
+            self.write(part)
 
     def __enter__(self):
         return self
@@ -261,7 +271,8 @@ class _FillingUp:
         self.stream.close()
 
 
-def test_a_full_disk_while_writing_shards_leaves_nothing_behind(config_dir, store, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("direct", [False, True], ids=["page cache", "direct I/O"])
+def test_a_full_disk_while_writing_shards_leaves_nothing_behind(config_dir, store, monkeypatch, direct):  # noqa: F811
     assert build(dataset_task(keep_pieces=True))  # the pieces, to build the shards from
     task = dataset_task(keep_pieces=True)
     output = task.output_directory()
@@ -270,7 +281,23 @@ def test_a_full_disk_while_writing_shards_leaves_nothing_behind(config_dir, stor
     piece_dirs = sorted(pieces_dir.iterdir())
     meta = dataset.load_meta(output)
     budget = [50_000]  # bytes the "disk" takes: less than the first shard
-    monkeypatch.setattr(dataset, "open", lambda path, mode="r": _FillingUp(open(path, mode), budget), raising=False)
+    if direct:  # every shard file past the page cache, where the file system allows it
+        monkeypatch.setattr(direct_io, "DIRECT_MIN_BYTES", 0)
+    else:
+        monkeypatch.setenv(direct_io.SWITCH, "off")
+    real_write = os.write
+
+    def filling_write(fd, data):
+        """As a full disk answers a direct write: the whole blocks that fit, then ENOSPC."""
+        fits = budget[0] - budget[0] % direct_io.BLOCK
+        if 0 < fits < memoryview(data).nbytes:
+            data = memoryview(data)[:fits]
+        take(budget, data)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", filling_write)
+    monkeypatch.setattr(direct_io, "open", lambda path, mode="r", **options: (
+        _FillingUp(open(path, mode, **options), budget) if "w" in mode else open(path, mode, **options)), raising=False)
     target = output.parent / "again"
     with pytest.raises(StoreError, match=f"no space left while writing {target}"):
         dataset.write_shards(piece_dirs, target, seed=task.seed, shard_size=120, weights=np.asarray(meta["weights"]),
