@@ -57,13 +57,9 @@ def write_file(path: Path, parts: Iterable) -> bool:
     """Write the bytes of ``parts`` (buffers: bytes, C-contiguous arrays), one after the other,
     to the new file ``path``; returns whether they went past the page cache."""
     parts = [_bytes_of(part) for part in parts]
-    if enabled() and sum(part.size for part in parts) >= DIRECT_MIN_BYTES:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _DIRECT, 0o644)
-        except OSError as error:
-            if error.errno != errno.EINVAL:
-                raise
-        else:
+    if sum(part.size for part in parts) >= DIRECT_MIN_BYTES:
+        fd = _open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        if fd is not None:
             try:
                 _write_direct(fd, parts)
                 return True
@@ -95,17 +91,10 @@ def read_into(path: Path, offset: int, out: np.ndarray) -> None:
     target = _bytes_of(out)
     if not target.size:
         return
-    fd = None
-    if enabled():
-        try:
-            fd = os.open(path, os.O_RDONLY | _DIRECT)
-        except OSError as error:
-            if error.errno != errno.EINVAL:
-                raise
-        else:
-            if os.fstat(fd).st_size < DIRECT_MIN_BYTES:  # written through the page cache
-                os.close(fd)
-                fd = None
+    fd = _open_direct(path, os.O_RDONLY)
+    if fd is not None and os.fstat(fd).st_size < DIRECT_MIN_BYTES:  # written through the page cache
+        os.close(fd)
+        fd = None
     if fd is not None:
         try:
             _read_direct(fd, path, offset, target)
@@ -123,6 +112,19 @@ def read_into(path: Path, offset: int, out: np.ndarray) -> None:
             if not got:
                 raise ShortFileError(f"{path} ends {target.size - done} bytes early")
             done += got
+
+
+def _open_direct(path: Path, flags: int) -> int | None:
+    """``os.open`` with ``O_DIRECT`` added; None where direct I/O is off or the file system
+    refuses it, so that the caller uses the page cache."""
+    if not enabled():
+        return None
+    try:
+        return os.open(path, flags | _DIRECT, 0o644)
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        return None
 
 
 def _bytes_of(buffer) -> np.ndarray:
