@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import multiprocessing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,20 +216,21 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     for line in report_lines:
         (logger.warning if line in warnings else logger.info)(line)
 
-    def spectra_plots() -> list[Path]:
-        paths = plotting.plot_spectra(histograms, reweighting.reweighted_histograms(histograms, weights),
-                                      cfg.bins_pt, cfg.bins_eta, labels, directory / "plots")
-        closure = _closure_spectra(piece_dirs, weights, cfg)
-        return paths + plotting.plot_closure(*closure, cfg.bins_pt, cfg.bins_eta, labels, cfg.reference_flavour,
-                                             directory / "plots")
-
-    # the plots need the weights, not the shards: with several merging threads they are drawn
-    # alongside the merge (the merge's copies and hashing leave the interpreter free)
-    with concurrent.futures.ThreadPoolExecutor(1) as side:
-        plotted = side.submit(spectra_plots) if processes > 1 else None
+    plot_arguments = (cfg, list(piece_dirs), histograms, weights, directory / "plots")
+    if processes > 1:
+        # the plots need the weights, not the shards: they are drawn alongside the merge, in a
+        # process of their own, since drawing holds the interpreter that the merging threads
+        # take between their reads, copies and hashing. Forked before the merge starts its
+        # reading threads, so that the child starts with matplotlib loaded.
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as side:
+            plotted = side.submit(_weight_plots, *plot_arguments)
+            shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt,
+                                          cfg.bins_eta, processes)
+            plot_paths = plotted.result()
+    else:
         shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt,
                                       cfg.bins_eta, processes)
-        plot_paths = plotted.result() if plotted is not None else spectra_plots()
+        plot_paths = _weight_plots(*plot_arguments)
 
     per_file: dict[str, dict] = {}
     for info in infos:
@@ -276,6 +278,18 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     }
     dataset.write_meta(directory, meta)
     return meta
+
+
+def _weight_plots(cfg: Config, piece_dirs: Sequence[Path], histograms: np.ndarray, weights: np.ndarray,
+                  directory: Path) -> list[Path]:
+    """The pt and eta spectra per label before and after reweighting, and the closure of the
+    weights on the pieces' jets, under ``directory``; returns the files written."""
+    labels = cfg.truth_labels
+    paths = plotting.plot_spectra(histograms, reweighting.reweighted_histograms(histograms, weights),
+                                  cfg.bins_pt, cfg.bins_eta, labels, directory)
+    closure = _closure_spectra(piece_dirs, weights, cfg)
+    return paths + plotting.plot_closure(*closure, cfg.bins_pt, cfg.bins_eta, labels, cfg.reference_flavour,
+                                         directory)
 
 
 def _closure_spectra(piece_dirs: Sequence[Path], weights: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:

@@ -138,9 +138,15 @@ def test_same_inputs_and_seed_give_identical_shards_with_any_executor(unit):
     first_dir, first = build(unit, "a", executor="iterative")
     second_dir, second = build(unit, "b", executor="futures", processes=2)
     assert shard_digest(first_dir, first) == shard_digest(second_dir, second)
-    # with several merging threads the plots are drawn alongside the merge: the same plots
+    # with several merging threads the plots are drawn alongside the merge, in a process of
+    # their own: the same plots of the same numbers
     assert second["plots"] == first["plots"] and len(first["plots"]) > 6
     assert all((second_dir / plot).stat().st_size > 0 for plot in second["plots"])
+    for plot in (plot for plot in first["plots"] if plot.endswith(".npz")):
+        with np.load(first_dir / plot) as drawn, np.load(second_dir / plot) as drawn_alongside:
+            assert sorted(drawn.files) == sorted(drawn_alongside.files)
+            for key in drawn.files:
+                np.testing.assert_array_equal(drawn[key], drawn_alongside[key], err_msg=f"{plot}: {key}")
     other_dir, other = build(unit, "c", seed=4)
     assert shard_digest(other_dir, other) != shard_digest(first_dir, first)
 
