@@ -6,6 +6,7 @@ with uproot, independently of the processor's vectorised code.
 
 import itertools
 import math
+from pathlib import Path
 
 import awkward as ak
 import numpy as np
@@ -63,8 +64,12 @@ class _JetTables(processor.ProcessorABC):
 
 
 def run(path, proc, chunksize=100_000):
+    """The processor's output, each piece's name mapped to the info it wrote with the piece."""
     runner = processor.Runner(executor=processor.IterativeExecutor(), schema=BaseSchema, chunksize=chunksize)
-    return runner({"inputs": [str(path)]}, proc, treename=TREE)
+    output = runner({"inputs": [str(path)]}, proc, treename=TREE)
+    if "pieces" in output:
+        output["pieces"] = {name: pieces.read_info(Path(proc.piece_directory) / name) for name in output["pieces"]}
+    return output
 
 
 def jet_table(path, cfg, tmp_path, chunksize=100_000):
@@ -212,6 +217,18 @@ def test_chunks_give_the_same_table_as_whole_files(files, cfg, tmp_path):
         whole = jet_table(path, cfg, tmp_path)
         chunked = jet_table(path, cfg, tmp_path, chunksize=7)
         assert same_table(chunked, whole), path.name
+
+
+def test_the_processor_output_names_the_pieces_and_nothing_more(cfg, tmp_path):
+    """coffea merges each chunk's output into all merged before it, pickling the whole again:
+    the output carries the pieces' names, their info stays in their directories."""
+    path = tmp_path / "few_qcd.root"
+    write_nanoaod(path, 6, seed=12)
+    proc = NanoAODProcessor(cfg, piece_directory=tmp_path / "pieces", file_processes={str(path): 0})
+    runner = processor.Runner(executor=processor.IterativeExecutor(), schema=BaseSchema, chunksize=2)
+    output = runner({"inputs": [str(path)]}, proc, treename=TREE)
+    assert output == {"pieces": {p.name for p in (tmp_path / "pieces").iterdir()}}
+    assert len(output["pieces"]) == 3
 
 
 def test_chunks_without_jets_give_empty_tables_and_pieces(cfg, tmp_path):
