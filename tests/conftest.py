@@ -51,18 +51,11 @@ def single_torch_thread():
 SLURM_SCRIPT = Path(__file__).with_name("cluster") / "slurm.sh"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The suite runs on several worker processes (pytest-xdist, ``--dist=loadgroup``); every
-    test that uses the Slurm cluster goes to the same one, so that one cluster serves them all."""
-    for item in items:
-        if "slurm_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
     """A single-node Slurm cluster for the whole session (tests/cluster/slurm.sh), taken down
-    afterwards; returns the environment that points Slurm's commands and law at it, which is
+    afterwards (one per worker process that runs a test needing it: clusters share no port or
+    file); returns the environment that points Slurm's commands and law at it, which is
     also set in this process. Skips, with the reason, where Slurm cannot run here (not root,
     slurm-wlm or munge not installed; .ci/run installs them on a fresh CI machine).
 
