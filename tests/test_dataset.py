@@ -2,6 +2,7 @@
 
 import hashlib
 import logging
+import os
 import pickle
 
 import numpy as np
@@ -156,12 +157,33 @@ def test_shards_do_not_depend_on_how_they_are_merged(unit):
     directory, meta = build(unit, "a")
     piece_dirs = sorted((unit["tmp"] / "a" / "pieces").iterdir())
     weights = np.asarray(meta["weights"])
-    # pieces listed in another order, merged by two threads
+    # pieces listed in another order, merged by two processes, and by more processes than shards
     shards = dataset.write_shards(piece_dirs[::-1], unit["tmp"] / "again", 3, 400, weights, cfg.bins_pt,
                                   cfg.bins_eta, processes=2)
-    assert shards == meta["shards"]
+    assert shards == meta["shards"] and len(shards) >= 3
+    assert dataset.write_shards(piece_dirs, unit["tmp"] / "wide", 3, 400, weights, cfg.bins_pt, cfg.bins_eta,
+                                processes=len(shards) + 2) == meta["shards"]
     with pytest.raises(dataset.DatasetError, match="was ordered for seed 3, not 4; remove the pieces"):
         dataset.write_shards(piece_dirs, unit["tmp"] / "other", 4, 400, weights, cfg.bins_pt, cfg.bins_eta)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_piece_cut_short_is_named_and_leaves_no_partial_shard(unit, processes):
+    cfg = unit["cfg"]
+    directory, meta = build(unit, "a")
+    piece_dirs = sorted((unit["tmp"] / "a" / "pieces").iterdir())
+    damaged = piece_dirs[0] / "cpf.npy"
+    os.truncate(damaged, damaged.stat().st_size - 100)
+    target = unit["tmp"] / "again"
+    with pytest.raises(dataset.DatasetError, match=rf"piece file {damaged} ends \d+ bytes early; remove the pieces"):
+        dataset.write_shards(piece_dirs, target, 3, 400, np.asarray(meta["weights"]), cfg.bins_pt, cfg.bins_eta,
+                             processes=processes)
+    # the shards written before the error are whole; nothing half-written is left beside them
+    written = sorted(path.name for path in target.iterdir()) if target.exists() else []
+    assert all(name.startswith("shard_") for name in written), written
+    assert len(written) < len(meta["shards"])
+    for name in written:
+        assert sorted(p.name for p in (target / name).iterdir()) == sorted(meta["shards"][int(name[6:])]["files"])
 
 
 def test_pieces_store_padded_candidates_packed(unit):
