@@ -13,7 +13,7 @@ Rows:
   process: memory must not grow with the input (limit: 1.5);
 - writing into new page-cache pages beside the same write into pages just freed: what each
   byte written costs on this machine (:func:`page_cache_write_rates`);
-- the same conversion with 2 workers (futures executor, shards merged by 2 processes) beside the
+- the same conversion with 2 workers (futures executor, shards merged by 2 threads) beside the
   one-core conversion (aim: >= 1.7).
 Large inputs are hard links to one generated file under different names.
 """

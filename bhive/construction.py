@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import multiprocessing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,16 +217,20 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
         (logger.warning if line in warnings else logger.info)(line)
 
     plot_arguments = (cfg, list(piece_dirs), histograms, weights, directory / "plots")
-    shard_arguments = (list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt, cfg.bins_eta, processes)
     if processes > 1:
-        # the plots need the weights, not the shards: drawn here while other processes merge
-        # (this process only waits for them)
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shards") as side:
-            merging = side.submit(dataset.write_shards, *shard_arguments)
-            plot_paths = _weight_plots(*plot_arguments)
-            shards = merging.result()
+        # the plots need the weights, not the shards: they are drawn alongside the merge, in a
+        # process of their own, since drawing holds the interpreter that the merging threads
+        # take between their reads, copies and hashing. A fresh interpreter ("spawn"), not a
+        # fork of this process, whose other threads (a scheduler's keep-alive, a progress
+        # bar's) could hold a lock at the moment of the fork that the child then waits for.
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as side:
+            plotted = side.submit(_weight_plots, *plot_arguments)
+            shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt,
+                                          cfg.bins_eta, processes)
+            plot_paths = plotted.result()
     else:
-        shards = dataset.write_shards(*shard_arguments)
+        shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt,
+                                      cfg.bins_eta, processes)
         plot_paths = _weight_plots(*plot_arguments)
 
     per_file: dict[str, dict] = {}

@@ -35,12 +35,10 @@ produced or listed in. Pieces and shards are written, and pieces read, past the 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
-import multiprocessing
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,12 +86,11 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
                  weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float],
                  processes: int = 1) -> list[dict]:
     """Merge ``piece_dirs`` (written for ``seed``) into shuffled shards under ``directory``,
-    on ``processes`` processes.
+    ``processes`` shards at a time.
 
     Returns ``[{"name", "n_jets", "files": {file: {"size", "sha256"}}}]`` per shard. Each shard
-    appears complete or not at all; pieces are only read. Each merging process holds one shard
-    and the next one's blocks, which its reading threads fetch while it writes the shard, and
-    no piece.
+    appears complete or not at all; pieces are only read. Memory holds one shard per merging
+    thread (with one thread, also the next shard's blocks as they are read) and no piece.
     """
     piece_dirs = sorted(piece_dirs, key=lambda d: Path(d).name)  # the given order does not matter
     infos = [pieces.read_info(d) for d in piece_dirs]
@@ -105,31 +102,13 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
     total = sum(info["n_jets"] for info in infos)
     n_shards = max(1, math.ceil(total / shard_size))
     sources = [_reader(d, info, layout, seed, n_shards) for d, info in zip(piece_dirs, infos) if info["n_jets"]]
-    merge = functools.partial(_merge, sources, directory, seed, layout, weights, bins_pt, bins_eta)
-    if processes <= 1 or n_shards == 1:
-        return merge(range(n_shards))
-    # processes rather than threads: shuffling and weighting a shard hold the interpreter for
-    # much of its time. Started by a fork server (which has this module loaded) rather than
-    # forked from this process, whose other threads (a scheduler's, a progress bar's) could
-    # hold a lock at the moment of the fork that the child would then wait for forever.
-    turns = [range(first, n_shards, processes) for first in range(min(processes, n_shards))]
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    with ProcessPoolExecutor(len(turns), mp_context=context) as pool:
-        futures = [pool.submit(merge, turn) for turn in turns]
-        try:
-            merged = [shard for future in futures for shard in future.result()]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    return sorted(merged, key=lambda shard: shard["name"])
+    with ThreadPoolExecutor(_READERS, thread_name_prefix="piece-reader") as readers:
+        return _merge(sources, directory, seed, n_shards, layout, readers, weights, bins_pt, bins_eta, processes)
 
 
-def _merge(sources: Sequence[pieces.PieceReader], directory: Path, seed: int, layout: dict, weights: np.ndarray,
-           bins_pt: Sequence[float], bins_eta: Sequence[float], indices: Sequence[int]) -> list[dict]:
-    """Write the shards ``indices`` in turn; the next one's blocks are read while one is
-    shuffled, weighted and written."""
+def _merge(sources: Sequence[pieces.PieceReader], directory: Path, seed: int, n_shards: int, layout: dict,
+           readers: Executor, weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float],
+           processes: int) -> list[dict]:
     def shard(index: int, blocks: dict) -> dict:
         arrays = _shuffle(blocks, sources, index, layout, np.random.default_rng([seed, _SHARD_ORDER, index]))
         kinematics = arrays["kinematics"]
@@ -138,16 +117,25 @@ def _merge(sources: Sequence[pieces.PieceReader], directory: Path, seed: int, la
         files = _write_shard(directory / shard_name(index), arrays)
         return {"name": shard_name(index), "n_jets": len(kinematics), "files": files}
 
-    indices = list(indices)
-    merged = []
-    with ThreadPoolExecutor(_READERS, thread_name_prefix="piece-reader") as readers:
-        pending = _read_blocks(sources, indices[0], layout, readers) if indices else None
-        for position, index in enumerate(indices):
+    if processes <= 1:
+        # the next shard's blocks are read while this one is shuffled, weighted and written
+        merged, pending = [], _read_blocks(sources, 0, layout, readers)
+        for index in range(n_shards):
             blocks = pending
-            if position + 1 < len(indices):
-                pending = _read_blocks(sources, indices[position + 1], layout, readers)
+            if index + 1 < n_shards:
+                pending = _read_blocks(sources, index + 1, layout, readers)
             merged.append(shard(index, blocks))
-    return merged
+        return merged
+    # the work is in file reads, numpy copies and hashing, which release the GIL
+    with ThreadPoolExecutor(processes) as pool:
+        futures = [pool.submit(lambda i: shard(i, _read_blocks(sources, i, layout, readers)), index)
+                   for index in range(n_shards)]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _reader(directory: Path, info: dict, layout: dict, seed: int, n_shards: int) -> pieces.PieceReader:

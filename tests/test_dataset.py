@@ -157,7 +157,7 @@ def test_shards_do_not_depend_on_how_they_are_merged(unit):
     directory, meta = build(unit, "a")
     piece_dirs = sorted((unit["tmp"] / "a" / "pieces").iterdir())
     weights = np.asarray(meta["weights"])
-    # pieces listed in another order, merged by two processes, and by more processes than shards
+    # pieces listed in another order, merged by two threads, and by more threads than shards
     shards = dataset.write_shards(piece_dirs[::-1], unit["tmp"] / "again", 3, 400, weights, cfg.bins_pt,
                                   cfg.bins_eta, processes=2)
     assert shards == meta["shards"] and len(shards) >= 3
