@@ -38,8 +38,10 @@ import numpy as np
 from benchmarks.report import print_table
 from bhive import construction
 from bhive.config import load_config
-from bhive.simulation.production import generate_file, plan_files
-from processors.base import processor_class
+
+# The simulation and the processors (coffea) are imported where they are used: with several
+# processes the conversion draws its plots in a spawned process, which imports the main module
+# again, and `law run`, whose main module imports nothing, does not pay for them there either.
 
 
 @contextlib.contextmanager
@@ -58,6 +60,8 @@ def one_core():
 
 
 def make_input(cfg, directory: Path, n_jets: int) -> Path:
+    from bhive.simulation.production import generate_file, plan_files
+
     plan = next(p for p in plan_files(cfg.simulate, "train", seed=1) if p.process == "ttbar")
     plan = dataclasses.replace(plan, n_jets=n_jets)
     path = directory / plan.filename
@@ -107,6 +111,8 @@ def page_cache_write_rates(directory: Path, n_bytes: int = 2**30) -> tuple[float
 
 
 def convert(cfg, files: list[str], work: Path, chunk_size: int, shard_size: int, workers: int = 1) -> dict:
+    from processors.base import processor_class
+
     started = time.perf_counter()
     settings = construction.ExecutorSettings(executor="iterative" if workers == 1 else "futures", processes=workers,
                                              chunk_size=chunk_size)
@@ -148,6 +154,8 @@ def _convert_in_child(config, files, work: Path, chunk_size, shard_size, workers
 
 
 def run(config: str, n_jets: int, copies: int, chunk_size: int, shard_size: int) -> list[dict]:
+    from processors.base import processor_class
+
     cfg = load_config(config)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
