@@ -217,6 +217,7 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
         (logger.warning if line in warnings else logger.info)(line)
 
     plot_arguments = (cfg, list(piece_dirs), histograms, weights, directory / "plots")
+    shard_arguments = (list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt, cfg.bins_eta, processes)
     if processes > 1:
         # the plots need the weights, not the shards: they are drawn alongside the merge, in a
         # process of their own, since drawing holds the interpreter that the merging threads
@@ -225,12 +226,10 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
         # bar's) could hold a lock at the moment of the fork that the child then waits for.
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as side:
             plotted = side.submit(_weight_plots, *plot_arguments)
-            shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt,
-                                          cfg.bins_eta, processes)
+            shards = dataset.write_shards(*shard_arguments)
             plot_paths = plotted.result()
     else:
-        shards = dataset.write_shards(list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt,
-                                      cfg.bins_eta, processes)
+        shards = dataset.write_shards(*shard_arguments)
         plot_paths = _weight_plots(*plot_arguments)
 
     per_file: dict[str, dict] = {}

@@ -22,10 +22,10 @@ array (rows sliced or gathered, ``np.asarray``). Datasets of format 1, padded on
 as they are.
 
 Shards are built from pieces in one streaming pass, so memory is bounded by two shards (one
-merged, the next one's blocks being read) and no piece is ever held whole. Each jet's shard is drawn when its piece is written: a seeded key in
-[0, 1) per jet, a function of the seed, the piece's name (input file, tree and entry range) and
-the jet's row, sends it to shard ``floor(key * n_shards)``, and the piece stores its jets in key
-order (:mod:`bhive.pieces`). A shard then reads one contiguous block of rows from every piece,
+merged, the next one's blocks being read) and no piece is ever held whole. Each jet's shard is
+drawn when its piece is written: a seeded key in [0, 1) per jet, a function of the seed, the
+piece's name (input file, tree and entry range) and the jet's row, sends it to shard
+``floor(key * n_shards)``, and the piece stores its jets in key order (:mod:`bhive.pieces`). A shard then reads one contiguous block of rows from every piece,
 in the order of the piece names, and shuffles them with a generator seeded by the seed and the
 shard's index. Every shard therefore mixes all files and processes, and the same inputs and
 seed give byte-identical shards whatever the executor and whatever order the pieces were
@@ -204,10 +204,9 @@ def _save(path: Path, values: np.ndarray) -> dict:
     as they are written rather than reading the file back; returns its size and sha256 as
     :func:`bhive.store.file_record` does."""
     values = np.ascontiguousarray(values)
-    header = direct_io.array_header(values)
+    header = direct_io.save_array(path, values)
     digest = hashlib.sha256(header)
     digest.update(values.reshape(-1).view(np.uint8))
-    direct_io.write_file(path, [header, values])
     return {"size": len(header) + values.nbytes, "sha256": digest.hexdigest()}
 
 
