@@ -300,11 +300,12 @@ def _closure_spectra(piece_dirs: Sequence[Path], weights: np.ndarray, cfg: Confi
     n_labels = len(cfg.truth_labels)
     total_pt = total_eta = 0.0
     for piece in piece_dirs:
-        kinematics, truth = pieces.load_array(piece, "kinematics"), pieces.load_array(piece, "truth")
+        # as stored, in shard-key order: histograms do not depend on the order of the jets
+        kinematics, truth = pieces.load_stored(piece, "kinematics"), pieces.load_stored(piece, "truth")
         weight = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], truth, cfg.bins_pt,
                                          cfg.bins_eta).astype(np.float64)
         if cfg.event_weight:
-            weight *= pieces.load_array(piece, dataset.EVENT_WEIGHT)
+            weight *= pieces.load_stored(piece, dataset.EVENT_WEIGHT)
         pt_spectra, eta_spectra = reweighting.closure_histograms(kinematics[:, 0], kinematics[:, 1], truth, weight,
                                                                  cfg.bins_pt, cfg.bins_eta, n_labels)
         total_pt, total_eta = total_pt + pt_spectra, total_eta + eta_spectra

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
@@ -109,8 +110,9 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
 def _merge(sources: Sequence[pieces.PieceReader], directory: Path, seed: int, n_shards: int, layout: dict,
            readers: Executor, weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float],
            processes: int) -> list[dict]:
-    def shard(index: int, blocks: dict) -> dict:
-        arrays = _shuffle(blocks, sources, index, layout, np.random.default_rng([seed, _SHARD_ORDER, index]))
+    def shard(index: int, blocks: tuple[dict, list[Future]], buffers: _Buffers) -> dict:
+        arrays = _shuffle(*blocks, sources, index, layout, np.random.default_rng([seed, _SHARD_ORDER, index]),
+                          buffers)
         kinematics = arrays["kinematics"]
         arrays[WEIGHT] = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], arrays["truth"],
                                                  bins_pt, bins_eta).astype(np.float32)
@@ -118,18 +120,26 @@ def _merge(sources: Sequence[pieces.PieceReader], directory: Path, seed: int, n_
         return {"name": shard_name(index), "n_jets": len(kinematics), "files": files}
 
     if processes <= 1:
-        # the next shard's blocks are read while this one is shuffled, weighted and written
-        merged, pending = [], _read_blocks(sources, 0, layout, readers)
+        # the next shard's blocks are read while this one is shuffled, weighted and written, so
+        # two sets of block buffers take turns
+        block_buffers, buffers = (_Buffers(), _Buffers()), _Buffers()
+        merged, pending = [], _read_blocks(sources, 0, layout, readers, block_buffers[0])
         for index in range(n_shards):
             blocks = pending
             if index + 1 < n_shards:
-                pending = _read_blocks(sources, index + 1, layout, readers)
-            merged.append(shard(index, blocks))
+                pending = _read_blocks(sources, index + 1, layout, readers, block_buffers[(index + 1) % 2])
+            merged.append(shard(index, blocks, buffers))
         return merged
     # the work is in file reads, numpy copies and hashing, which release the GIL
+    lanes = threading.local()  # each merging thread's buffers
+
+    def merge_one(index: int) -> dict:
+        if not hasattr(lanes, "buffers"):
+            lanes.buffers = _Buffers()
+        return shard(index, _read_blocks(sources, index, layout, readers, lanes.buffers), lanes.buffers)
+
     with ThreadPoolExecutor(processes) as pool:
-        futures = [pool.submit(lambda i: shard(i, _read_blocks(sources, i, layout, readers)), index)
-                   for index in range(n_shards)]
+        futures = [pool.submit(merge_one, index) for index in range(n_shards)]
         try:
             return [future.result() for future in futures]
         except BaseException:
@@ -149,45 +159,67 @@ def _reader(directory: Path, info: dict, layout: dict, seed: int, n_shards: int)
         raise DatasetError(f"{error}; remove the pieces and make them again") from None
 
 
-def _read_blocks(sources: Sequence[pieces.PieceReader], index: int, layout: dict, readers: Executor) \
-        -> dict[str, tuple[np.ndarray, list[Future]]]:
+class _Buffers:
+    """The arrays of one merging thread, kept from shard to shard: shards are all about one
+    size, so after the first one the merge writes into memory it has touched before. New memory
+    costs a page fault per page touched (and a fault in the host on the virtual machines
+    :mod:`bhive.direct_io` is written for), more than the copy into it."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
+        """An array of ``shape`` and ``dtype`` in the memory kept under ``name`` (its values are
+        whatever was there); valid until the next call for ``name``."""
+        dtype = np.dtype(dtype)
+        size = math.prod(shape) * dtype.itemsize
+        held = self._held.get(name)
+        if held is None or held.size < size:
+            held = self._held[name] = np.empty(size, np.uint8)
+        return held[:size].view(dtype).reshape(shape)
+
+
+def _read_blocks(sources: Sequence[pieces.PieceReader], index: int, layout: dict, readers: Executor,
+                 buffers: _Buffers) -> tuple[dict[str, np.ndarray], list[Future]]:
     """Start reading the block of shard ``index`` from every piece: per array, one buffer that
-    takes the pieces' blocks one after the other, and the reads that fill it, run by
-    ``readers`` side by side (past the page cache a read waits for the device, and thousands
-    of small waits in a row would take longer than the rest of the merge)."""
-    blocks = {}
+    takes the pieces' blocks one after the other; per piece, one read of all its arrays' rows
+    into those buffers, run by ``readers`` side by side (past the page cache a read waits for
+    the device, and thousands of small waits in a row would take longer than the rest of the
+    merge)."""
+    blocks, outs = {}, [{} for _ in sources]
     for name, spec in layout.items():
         row_shape = spec["shape"][2:] if "packed_by" in spec else spec["shape"][1:]
         bounds = np.cumsum([0, *(source.n_rows(name, index) for source in sources)])
-        block = np.empty((int(bounds[-1]), *row_shape), np.dtype(spec["dtype"]))
-        blocks[name] = block, [readers.submit(source.read, name, index, block[bounds[k]:bounds[k + 1]])
-                               for k, source in enumerate(sources)]
-    return blocks
+        blocks[name] = block = buffers.array(f"block {name}", (int(bounds[-1]), *row_shape), spec["dtype"])
+        for k, out in enumerate(outs):
+            out[name] = block[bounds[k]:bounds[k + 1]]
+    return blocks, [readers.submit(source.read_all, index, out) for source, out in zip(sources, outs)]
 
 
-def _shuffle(blocks: dict[str, tuple[np.ndarray, list[Future]]], sources: Sequence[pieces.PieceReader], index: int,
-             layout: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Shard ``index`` from its ``blocks`` (:func:`_read_blocks`), its jets in a seeded random
-    order. Packed arrays stay packed: their entries follow their jets to the jets' new rows."""
+def _shuffle(blocks: dict[str, np.ndarray], reads: Sequence[Future], sources: Sequence[pieces.PieceReader],
+             index: int, layout: dict, rng: np.random.Generator, buffers: _Buffers) -> dict[str, np.ndarray]:
+    """Shard ``index`` from its ``blocks`` once their ``reads`` are done (:func:`_read_blocks`),
+    its jets in a seeded random order, in arrays of ``buffers``. Packed arrays stay packed:
+    their entries follow their jets to the jets' new rows."""
     sizes = [source.n_jets(index) for source in sources]
     destination = rng.permutation(sum(sizes))
     rows_of = np.split(destination, np.cumsum(sizes)[:-1])  # each piece's jets' rows in the shard
+    try:
+        for read in reads:
+            read.result()
+    except pieces.PieceError as error:
+        raise DatasetError(f"{error}; remove the pieces and make them again") from None
     arrays = {}
     # jet arrays first: a packed array's entries are placed by its mask's rows in the shard
     for name in sorted(layout, key=lambda name: "packed_by" in layout[name]):
-        block, reads = blocks[name]
-        try:
-            for read in reads:
-                read.result()
-        except pieces.PieceError as error:
-            raise DatasetError(f"{error}; remove the pieces and make them again") from None
+        block = blocks[name]
         mask_name = layout[name].get("packed_by")
         if mask_name is None:
             places = destination
         else:
             offsets = packed.entry_offsets(arrays[mask_name])
             places = np.concatenate([packed.entry_rows(offsets, rows) for rows in rows_of] or [[]]).astype(np.int64)
-        values = np.empty_like(block)
+        values = buffers.array(name, block.shape, block.dtype)
         packed.put_rows(values, places, block)  # the block holds the pieces' rows in the order of rows_of
         arrays[name] = values
     return arrays

@@ -59,6 +59,12 @@ def row_items(values: np.ndarray) -> np.ndarray:
     return values.reshape(len(values), row_size).view(np.dtype((np.void, row_bytes))).reshape(len(values))
 
 
+def take_rows(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]``, one memory copy per row."""
+    values = np.ascontiguousarray(values)
+    return np.take(row_items(values), rows, axis=0).view(values.dtype).reshape(len(rows), *values.shape[1:])
+
+
 def put_rows(values: np.ndarray, rows: np.ndarray, block: np.ndarray) -> None:
     """``values[rows] = block`` for a C-contiguous ``values``, one memory copy per row."""
     if len(rows) and 0 not in values.shape[1:]:  # rows without values have nothing to copy
@@ -147,9 +153,7 @@ class PackedArray:
         """Jets ``rows`` (numbers, or a boolean per jet) as a packed array."""
         rows = np.asarray(rows)
         rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
-        items = np.take(row_items(self.entries), entry_rows(self.offsets, rows), axis=0)
-        return PackedArray(items.view(self.dtype).reshape(len(items), *self.entries.shape[1:]),
-                           np.asarray(self.mask[rows]))
+        return PackedArray(take_rows(self.entries, entry_rows(self.offsets, rows)), np.asarray(self.mask[rows]))
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The padded rows ``rows`` (numbers of jets, negative ones from the end)."""

@@ -90,25 +90,31 @@ def write_piece(directory: Path, arrays: Mapping[str, np.ndarray | packed.Packed
             if name in masks:
                 if not isinstance(values, packed.PackedArray):
                     values = packed.PackedArray(values[arrays[masks[name]]], arrays[masks[name]])
-                stored = np.asarray(values.entries)[packed.entry_rows(values.offsets, order)]
+                stored = values.select(order).entries
                 spec.update(packed_by=masks[name], entries=len(stored))
             else:
-                stored = values[order]
+                stored = packed.take_rows(values, order)
             direct_io.save_array(temporary / f"{name}.npy", stored)
             specs[name] = spec
-        with open(temporary / INFO_FILE, "w") as stream:
-            json.dump({**info, "arrays": specs, SHARD_SEED: seed}, stream, sort_keys=True)
+        # dumps, not dump: only the one-shot encoder is the C one (the bin sums are thousands of numbers)
+        (temporary / INFO_FILE).write_text(json.dumps({**info, "arrays": specs, SHARD_SEED: seed}, sort_keys=True))
+
+
+def load_stored(directory: Path, name: str) -> np.ndarray:
+    """One array of a finished piece as stored, its jets in the order of their shard keys: the
+    same order in every per-jet array of the piece, and enough where the order of jets does not
+    matter (sums, histograms). Packed arrays come as their entries."""
+    return np.load(Path(directory) / f"{name}.npy", allow_pickle=False)
 
 
 def load_array(directory: Path, name: str) -> np.ndarray:
     """One array of a finished piece as the processor made it: padded, its jets in the
     processor's order."""
     info = read_info(directory)
-    spec = info["arrays"][name]
-    stored = np.load(directory / f"{name}.npy", allow_pickle=False)
-    mask_name = spec.get("packed_by")
+    stored = load_stored(directory, name)
+    mask_name = info["arrays"][name].get("packed_by")
     if mask_name is not None:
-        stored = packed.unpack(stored, np.load(directory / f"{mask_name}.npy", allow_pickle=False))
+        stored = packed.unpack(stored, load_stored(directory, mask_name))
     order = np.argsort(shard_keys(info[SHARD_SEED], Path(directory).name, len(stored)), kind="stable")
     made = np.empty_like(stored)
     made[order] = stored
@@ -146,6 +152,11 @@ class PieceReader:
         shape and dtype)."""
         bounds = self._entry_bounds.get(name, self.bounds)
         self._files[name].read(int(bounds[shard]), int(bounds[shard + 1]), out)
+
+    def read_all(self, shard: int, outs: Mapping[str, np.ndarray]) -> None:
+        """:meth:`read` of every array in ``outs`` (name -> buffer), one after the other."""
+        for name, out in outs.items():
+            self.read(name, shard, out)
 
 
 class _ArrayFile:

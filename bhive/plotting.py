@@ -34,8 +34,10 @@ def figure(**kwargs: Any) -> tuple[Figure, Axes]:
     mplhep.style.use("CMS")
     fig, ax = plt.subplots(**kwargs)
     axes = np.atleast_1d(ax).flat[0]
-    # rlabel="" drops the luminosity/energy text: these plots are simulation without a lumi
-    mplhep.cms.label(ax=axes, data=False, text="Preliminary", rlabel="")
+    # rlabel="" drops the luminosity/energy text: these plots are simulation without a lumi. The
+    # label is placed on empty axes, whose offset text ("x10^n") is empty: the adjustment for it
+    # would draw the whole figure once more to measure nothing
+    mplhep.cms.label(ax=axes, data=False, text="Preliminary", rlabel="", scilocator_adjust=False)
     return fig, ax
 
 

@@ -167,6 +167,19 @@ def test_shards_do_not_depend_on_how_they_are_merged(unit):
         dataset.write_shards(piece_dirs, unit["tmp"] / "other", 4, 400, weights, cfg.bins_pt, cfg.bins_eta)
 
 
+def test_merge_buffers_are_reused_and_grow_when_a_shard_needs_more():
+    buffers = dataset._Buffers()
+    first = buffers.array("cpf", (10, 3), np.float32)
+    first[:] = 1.0
+    smaller = buffers.array("cpf", (4, 3), np.float32)
+    assert np.shares_memory(first, smaller) and smaller.shape == (4, 3) and smaller.dtype == np.float32
+    other = buffers.array("truth", (10,), np.int16)
+    assert not np.shares_memory(other, first)
+    larger = buffers.array("cpf", (20, 3), np.float32)
+    assert larger.shape == (20, 3) and not np.shares_memory(larger, first)
+    assert buffers.array("cpf", (0, 3), np.float32).shape == (0, 3)
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_piece_cut_short_is_named_and_leaves_no_partial_shard(unit, processes):
     cfg = unit["cfg"]

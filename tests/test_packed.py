@@ -75,6 +75,17 @@ def test_packing_helpers_agree_with_a_loop():
     np.testing.assert_array_equal(packed.unpack(entries_by_hand(values, mask), mask), values)
 
 
+@pytest.mark.parametrize("shape, dtype", [((30,), np.int16), ((30, 5), bool), ((30, 0), np.float32),
+                                          ((30, 4, 3), np.float32)])
+def test_rows_taken_as_opaque_items_are_numpys_rows(shape, dtype):
+    values = (np.random.default_rng(2).normal(size=shape) * 100).astype(dtype)
+    rows = np.array([29, 0, 7, 7, 13])
+    taken = packed.take_rows(values, rows)
+    assert taken.dtype == values.dtype and taken.shape == (5, *shape[1:])
+    np.testing.assert_array_equal(taken, values[rows])
+    np.testing.assert_array_equal(packed.take_rows(values[::-1], rows), values[::-1][rows])  # not C-contiguous
+
+
 def test_rows_without_values_pack_too():
     _, mask = padded_example()
     array = packed.PackedArray(np.zeros((int(mask.sum()), 0), np.float32), mask)

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bhive import plotting  # noqa: I001  (sets the non-interactive backend before pyplot)
-import matplotlib.pyplot as plt
-import mplhep
+from bhive import plotting
 from bhive.evaluation.scores import discriminator_values, discriminators_for, event_weights, taken
 from bhive.roc import RocCurve, roc_curve
 from bhive.store import atomic_write_json
@@ -18,9 +16,8 @@ from bhive.store import atomic_write_json
 def plot_comparison(curves: Mapping[str, RocCurve], name: str, signal, background, stem: Path) -> list[Path]:
     """Several taggers' ROC curves for one discriminator, with the ratio of each mis-id to the
     first curve's at the same signal efficiency in a lower panel."""
-    plt.style.use(mplhep.style.CMS)
-    fig, (ax, ratio_ax) = plt.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]}, figsize=(10, 11))
-    mplhep.cms.label(ax=ax, data=False, text="Preliminary", rlabel="")
+    fig, (ax, ratio_ax) = plotting.figure(nrows=2, ncols=1, sharex=True, gridspec_kw={"height_ratios": [3, 1]},
+                                          figsize=(10, 11))
     grid = np.linspace(0.05, 1.0, 96)
     reference_label, reference = next(iter(curves.items()))
     reference_misid = np.interp(grid, reference.efficiency, reference.misid)
