@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import multiprocessing
 from collections.abc import Sequence
@@ -65,14 +66,18 @@ class ExecutorSettings:
             raise ValueError("dask workers on Slurm need --executor dask and no --scheduler-address")
 
 
-def check_inputs(cfg: Config, files: Sequence[str], processor: JetProcessor) \
-        -> tuple[dict[str, int], dict[str, inputs.Tree]]:
+def check_inputs(cfg: Config, files: Sequence[str], processor: JetProcessor,
+                 pool: concurrent.futures.Executor | None = None) -> tuple[dict[str, int], dict[str, inputs.Tree]]:
     """Check every file (tree, the branches ``processor`` needs from it) and assign processes;
-    returns file -> process index, and file -> what opening its tree told."""
+    returns file -> process index, and file -> what opening its tree told. ``pool``: an
+    executor whose workers open the files side by side (the first file in the order given
+    that fails is the one reported)."""
     truth_branches = {c.branch for rule in cfg.truths for c in rule.conditions}
+    opened = (pool.map(inputs.tree_branches, files, itertools.repeat(cfg.treename)) if pool is not None
+              else (inputs.tree_branches(path, cfg.treename) for path in files))
     trees = {}
-    for path in files:
-        trees[path] = tree = inputs.tree_branches(path, cfg.treename)
+    for path, tree in zip(files, opened):
+        trees[path] = tree
         inputs.check_branches(path, cfg.treename, tree.branches, processor.required_branches(tree.branches),
                               truth_branches, set(cfg.reference_branches()))
     return inputs.assign_processes(files, cfg.processes, cfg.process_overlap), trees
@@ -110,8 +115,10 @@ def _branch_filter(processor: JetProcessor, trees: dict[str, inputs.Tree]) -> di
     return {"filter_name": BranchFilter(read)}
 
 
-def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, resources: contextlib.ExitStack):
-    """The coffea executor; a dask client and cluster it starts are closed with ``resources``."""
+def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, resources: contextlib.ExitStack,
+              pool: concurrent.futures.Executor | None = None):
+    """The coffea executor; a dask client and cluster it starts are closed with ``resources``.
+    ``pool``: the process pool of the futures executor, if the caller made it."""
     from coffea import processor
 
     if settings.executor == "iterative":
@@ -122,7 +129,7 @@ def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, re
         # imports everything again: two workers were slower than one. The standard pool keeps
         # its workers.
         return processor.FuturesExecutor(workers=settings.processes, retries=retries,
-                                         pool=concurrent.futures.ProcessPoolExecutor)
+                                         pool=pool or concurrent.futures.ProcessPoolExecutor)
     from distributed import Client, LocalCluster
 
     if settings.scheduler_address:
@@ -155,18 +162,24 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
     from coffea import processor
     from coffea.nanoevents import BaseSchema
 
-    trees, branch_filter = {}, {}
-    if file_processes is None:
-        cfg = optional_groups.dataset_config(cfg, processor_cls)
-        checker = processor_cls(cfg, piece_directory, {})
-        file_processes, trees = check_inputs(cfg, files, checker)
-        branch_filter = _branch_filter(checker, trees)
-    instance = processor_cls(cfg, piece_directory, file_processes, seed)
-    piece_directory.mkdir(parents=True, exist_ok=True)
-    # retrying only helps against transient network errors; a local file fails the same way again
-    retries = 3 if any(inputs.is_remote(f) for f in files) else 0
     with contextlib.ExitStack() as resources:
-        executor = _executor(settings, retries, piece_directory.parent / "dask-jobs", resources)
+        # the futures executor's workers, made first: they open the files for the checks too.
+        # Checks still waiting when one fails are dropped rather than waited for
+        pool = None
+        if settings.executor == "futures":
+            pool = concurrent.futures.ProcessPoolExecutor(settings.processes)
+            resources.callback(pool.shutdown, cancel_futures=True)
+        trees, branch_filter = {}, {}
+        if file_processes is None:
+            cfg = optional_groups.dataset_config(cfg, processor_cls)
+            checker = processor_cls(cfg, piece_directory, {})
+            file_processes, trees = check_inputs(cfg, files, checker, pool)
+            branch_filter = _branch_filter(checker, trees)
+        instance = processor_cls(cfg, piece_directory, file_processes, seed)
+        piece_directory.mkdir(parents=True, exist_ok=True)
+        # retrying only helps against transient network errors; a local file fails the same way again
+        retries = 3 if any(inputs.is_remote(f) for f in files) else 0
+        executor = _executor(settings, retries, piece_directory.parent / "dask-jobs", resources, pool)
         try:
             runner = processor.Runner(executor=executor, schema=BaseSchema, chunksize=settings.chunk_size,
                                       metadata_cache=_known_entries(trees, cfg.treename))

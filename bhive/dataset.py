@@ -226,17 +226,24 @@ def _shuffle(blocks: dict[str, np.ndarray], reads: Sequence[Future], sources: Se
 
 
 def _write_shard(directory: Path, arrays: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Write one shard atomically; returns its files with size and sha256."""
-    with atomic_directory(directory) as temporary:
-        return {f"{name}.npy": _save(temporary / f"{name}.npy", arrays[name]) for name in sorted(arrays)}
+    """Write one shard atomically; returns its files with size and sha256. The files are
+    written by a thread of their own while this one hashes them: a direct write mostly waits for
+    the device, which hashing does not need."""
+    arrays = {name: np.ascontiguousarray(arrays[name]) for name in sorted(arrays)}
+    with atomic_directory(directory) as temporary, ThreadPoolExecutor(1, thread_name_prefix="shard-writer") as writer:
+        writes = [writer.submit(direct_io.save_array, temporary / f"{name}.npy", values)
+                  for name, values in arrays.items()]
+        files = {f"{name}.npy": _file_record(values) for name, values in arrays.items()}
+        for write in writes:
+            write.result()
+    return files
 
 
-def _save(path: Path, values: np.ndarray) -> dict:
-    """``np.save`` of an array past the page cache (:mod:`bhive.direct_io`), hashing the bytes
-    as they are written rather than reading the file back; returns its size and sha256 as
-    :func:`bhive.store.file_record` does."""
-    values = np.ascontiguousarray(values)
-    header = direct_io.save_array(path, values)
+def _file_record(values: np.ndarray) -> dict:
+    """Size and sha256 of the ``.npy`` file of the C-contiguous array ``values``, as
+    :func:`bhive.store.file_record` gives them for the file, from the array itself rather
+    than reading the file back."""
+    header = direct_io.array_header(values)
     digest = hashlib.sha256(header)
     digest.update(values.reshape(-1).view(np.uint8))
     return {"size": len(header) + values.nbytes, "sha256": digest.hexdigest()}

@@ -10,6 +10,7 @@ import uproot
 
 from bhive import construction, inputs
 from bhive.config import load_config
+from processors.deepntuple import DeepNtupleProcessor
 from processors.nanoaod import NanoAODProcessor
 from tasks.dataset import DatasetConstructionTask
 from tests import deepntuple_files, nanoaod_files
@@ -338,3 +339,21 @@ def test_an_input_file_error_is_recovered_from_the_message_of_a_wrapper():
     wrapper = Exception(f"Failed processing file: WorkItem(filename='/data/a (1).root'). The error was: {original!r}.")
     assert str(inputs.input_error_in(wrapper)) == str(original)
     assert inputs.input_error_in(Exception("something else")) is None
+
+
+def test_checks_on_worker_processes_report_the_first_bad_file_in_the_order_given(samples, configure, tmp_path):
+    """With the futures executor the files are opened for the checks by its workers, side by
+    side: the error is still the first bad file's, in one line, before any piece is written."""
+    truncated, not_root = samples / "train_qcd_0.root", samples / "train_zz_0.root"
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[:len(data) // 3])
+    not_root.write_text("this is not ROOT")
+    files = [str(samples / "train_ttbar_0.root"), str(truncated), str(not_root)]
+    settings = construction.ExecutorSettings(executor="futures", processes=2, chunk_size=100)
+    for order, expected in ((files, "truncated or corrupt ROOT file: " + str(truncated)),
+                            ([files[0], files[2], files[1]], f"not a ROOT file: {not_root}")):
+        with pytest.raises(inputs.InputError) as raised:
+            construction.process_files(configure(samples), order, tmp_path / "pieces", settings, DeepNtupleProcessor,
+                                       seed=1)
+        assert str(raised.value).startswith(expected)
+        assert not (tmp_path / "pieces").exists()
