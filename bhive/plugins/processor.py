@@ -189,10 +189,13 @@ class JetProcessor(processor.ProcessorABC):
         for key in ("global", "cpf", "npf", "vtx", "kinematics", EVENT_WEIGHT):
             if key in arrays:
                 values = arrays[key]
+                flags = np.isfinite(values.entries if isinstance(values, packed.PackedArray) else values)
+                if flags.all():  # nearly always: no reduction per jet, a fifth of its time
+                    continue
                 if isinstance(values, packed.PackedArray):
-                    finite &= packed.rows_all(np.isfinite(values.entries).all(axis=1), values.offsets)
+                    finite &= packed.rows_all(flags.all(axis=1), values.offsets)
                 else:
-                    finite &= np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+                    finite &= flags.all(axis=tuple(range(1, values.ndim)))
         if not finite.all():
             arrays = {k: v.select(finite) if isinstance(v, packed.PackedArray) else v[finite]
                       for k, v in arrays.items()}
