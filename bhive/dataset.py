@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bhive import direct_io, packed, pieces, reweighting
+from bhive import direct_io, heap, packed, pieces, reweighting
 from bhive.store import atomic_directory, atomic_write_json, file_problem, read_json
 
 META_FILE = "meta.json"
@@ -103,6 +103,7 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
     total = sum(info["n_jets"] for info in infos)
     n_shards = max(1, math.ceil(total / shard_size))
     sources = [_reader(d, info, layout, seed, n_shards) for d, info in zip(piece_dirs, infos) if info["n_jets"]]
+    heap.release_freed_memory()  # what the processing freed, before the merge takes its buffers
     with ThreadPoolExecutor(_READERS, thread_name_prefix="piece-reader") as readers:
         return _merge(sources, directory, seed, n_shards, layout, readers, weights, bins_pt, bins_eta, processes)
 
