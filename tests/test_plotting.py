@@ -38,6 +38,31 @@ def test_figure_carries_the_cms_simulation_label() -> None:
     plt.close(fig)
 
 
+@pytest.mark.parametrize("log_y", [False, True])
+def test_the_label_is_placed_as_mplhep_places_it_after_drawing_the_figure(log_y) -> None:
+    """plotting.figure keeps mplhep from drawing the empty figure before it places the label;
+    the saved figure must be the one mplhep makes with that drawing, pixel for pixel."""
+    import mplhep
+
+    def finished(fig, ax) -> np.ndarray:
+        for index in range(3):
+            mplhep.histplot(np.linspace(1, 2, 20) * (index + 1), np.arange(21), ax=ax, label=f"label {index}",
+                            histtype="step")
+        if log_y:
+            ax.set_yscale("log")
+        ax.legend(title="before reweighting")
+        fig.canvas.draw()
+        pixels = np.asarray(fig.canvas.buffer_rgba()).copy()
+        plt.close(fig)
+        return pixels
+
+    ours = finished(*plotting.figure())
+    mplhep.style.use("CMS")
+    fig, ax = plt.subplots()
+    mplhep.cms.label(ax=ax, data=False, text="Preliminary", rlabel="")
+    np.testing.assert_array_equal(ours, finished(fig, ax))
+
+
 def test_figure_passes_subplot_arguments() -> None:
     fig, axes = plotting.figure(ncols=2, figsize=(12, 6))
     assert len(axes) == 2 and tuple(fig.get_size_inches()) == (12, 6)
