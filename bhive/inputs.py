@@ -148,6 +148,9 @@ def tree_branches(path: str, treename: str) -> Tree:
     """
     import uproot
 
+    from bhive import class_names
+
+    class_names.cache_class_names()
     if not is_remote(path):
         _check_magic(path)
     try:

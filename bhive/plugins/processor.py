@@ -21,7 +21,7 @@ import numpy as np
 from coffea import processor
 from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
-from bhive import decompression, expressions, inputs, packed, pieces, reweighting
+from bhive import class_names, decompression, expressions, inputs, packed, pieces, reweighting
 from bhive.dataset import EVENT_WEIGHT, TARGET, TARGET_BASELINE
 from bhive.config import Config
 from bhive.plugins.registry import Registry
@@ -105,6 +105,7 @@ class JetProcessor(processor.ProcessorABC):
         info = pieces.read_info(directory)
         if info is None:
             decompression.inflate_zlib_with_isal()
+            class_names.cache_class_names()  # for the trees coffea opens for the chunks after this one
             damaged = None
             try:
                 arrays, info = self.build(self.jet_table(self._read(events)), source)
