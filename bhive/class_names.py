@@ -3,7 +3,7 @@
 Opening a tree makes uproot read its metadata: every branch, its leaves and its list of
 baskets, each an object whose class uproot looks up by name. Before each lookup it
 regularizes the name (spaces around ``<``, ``>`` and ``::``, ROOT's type aliases) with
-regular expressions, which is about a fifth of the time to open a tree; the conversion opens
+regular expressions, which is about a sixth of the time to open a tree; the conversion opens
 each file's tree twice (the input checks, then coffea for every chunk), a NanoAOD tree with
 over a thousand branches. The names are few and their regularization is a pure function of
 the name, so it is cached, as uproot already caches the decoding of class names.
