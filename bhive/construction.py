@@ -116,20 +116,15 @@ def _branch_filter(processor: JetProcessor, trees: dict[str, inputs.Tree]) -> di
 
 
 def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, resources: contextlib.ExitStack,
-              pool: concurrent.futures.Executor | None = None):
+              pool: concurrent.futures.Executor | None):
     """The coffea executor; a dask client and cluster it starts are closed with ``resources``.
-    ``pool``: the process pool of the futures executor, if the caller made it."""
+    ``pool``: the process pool of the futures executor (None for the others)."""
     from coffea import processor
 
     if settings.executor == "iterative":
         return processor.IterativeExecutor(retries=retries)
     if settings.executor == "futures":
-        # coffea's default pool (loky) restarts a worker whose memory grew by 300 MB since its
-        # first chunk, which a worker's heap does over its first chunks, and each new worker
-        # imports everything again: two workers were slower than one. The standard pool keeps
-        # its workers.
-        return processor.FuturesExecutor(workers=settings.processes, retries=retries,
-                                         pool=pool or concurrent.futures.ProcessPoolExecutor)
+        return processor.FuturesExecutor(workers=settings.processes, retries=retries, pool=pool)
     from distributed import Client, LocalCluster
 
     if settings.scheduler_address:
@@ -164,7 +159,10 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
 
     with contextlib.ExitStack() as resources:
         # the futures executor's workers, made first: they open the files for the checks too.
-        # Checks still waiting when one fails are dropped rather than waited for
+        # Checks still waiting when one fails are dropped rather than waited for. The standard
+        # pool, not coffea's default (loky), which restarts a worker whose memory grew by 300 MB
+        # since its first chunk, as a worker's heap does over its first chunks, and each new
+        # worker imports everything again: two workers were slower than one
         pool = None
         if settings.executor == "futures":
             pool = concurrent.futures.ProcessPoolExecutor(settings.processes)

@@ -80,13 +80,10 @@ def array_header(values: np.ndarray) -> bytes:
     return header.getvalue()
 
 
-def save_array(path: Path, values: np.ndarray) -> bytes:
-    """``np.save(path, values)``, written by :func:`write_file`; returns the header written
-    before the C-ordered bytes of ``values``."""
+def save_array(path: Path, values: np.ndarray) -> None:
+    """``np.save(path, values)``, written by :func:`write_file`."""
     values = np.ascontiguousarray(values)
-    header = array_header(values)
-    write_file(path, [header, values])
-    return header
+    write_file(path, [array_header(values), values])
 
 
 def read_into(path: Path, offset: int, out: np.ndarray) -> None:
