@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bhive import dataset, inputs, optional_groups, plotting, reweighting
+from bhive import collector, dataset, inputs, optional_groups, plotting, reweighting
 from bhive.config import CandidateGroup, Config
 from bhive.store import code_version, stable_hash
 
@@ -141,6 +141,7 @@ def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, re
     return processor.DaskExecutor(client=client, status=True, retries=retries)
 
 
+@collector.long_lived_objects_frozen()  # also in the workers it forks
 def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, settings: ExecutorSettings,
                   processor_cls: type, file_processes: dict[str, int] | None = None, *, seed: int) -> list[Path]:
     """Run ``processor_cls`` (the config's processor plugin) over ``files``; returns the piece
@@ -194,6 +195,7 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
     return [piece_directory / name for name in names]
 
 
+@collector.long_lived_objects_frozen()
 def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, split: str, seed: int,
                   shard_size: int, dataset_identity: dict, histograms_from: Path | None = None,
                   processes: int = 1) -> dict:
@@ -291,6 +293,7 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     return meta
 
 
+@collector.long_lived_objects_frozen()  # also in the process of its own that draws them
 def _weight_plots(cfg: Config, piece_dirs: Sequence[Path], histograms: np.ndarray, weights: np.ndarray,
                   directory: Path) -> list[Path]:
     """The pt and eta spectra per label before and after reweighting, and the closure of the

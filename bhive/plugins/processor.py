@@ -21,7 +21,7 @@ import numpy as np
 from coffea import processor
 from coffea.nanoevents import BaseSchema, NanoEventsFactory
 
-from bhive import class_names, decompression, expressions, inputs, packed, pieces, reweighting
+from bhive import class_names, collector, decompression, expressions, inputs, packed, pieces, reweighting
 from bhive.dataset import EVENT_WEIGHT, TARGET, TARGET_BASELINE
 from bhive.config import Config
 from bhive.plugins.registry import Registry
@@ -104,31 +104,38 @@ class JetProcessor(processor.ProcessorABC):
         directory = Path(self.piece_directory) / name
         info = pieces.read_info(directory)
         if info is None:
-            decompression.inflate_zlib_with_isal()
-            class_names.cache_class_names()  # for the trees coffea opens for the chunks after this one
-            damaged = None
-            try:
-                arrays, info = self.build(self.jet_table(self._read(events)), source)
-            except Exception as error:
-                # the baskets are read here, so damage in them surfaces here
-                damaged = inputs.damaged_file_error(source, error)
-                if damaged is None:
-                    if isinstance(error, ValueError):
-                        raise  # b-hive's own errors already name the file and the fix
-                    raise ProcessorError(
-                        f"{source} (entries {metadata['entrystart']}-{metadata['entrystop']}) cannot be processed: "
-                        f"{type(error).__name__}: {error}") from error
-            if damaged is not None:
-                # raised outside the handler, without the reader's error as cause or context (the
-                # message carries it): dask pickles an error with both, and ISA-L's does not pickle
-                raise damaged
-            info.update(file=source, entry_start=metadata["entrystart"], entry_stop=metadata["entrystop"])
-            pieces.write_piece(directory, arrays, info, self.seed,
-                               masks={a: m for a, m in GROUP_ARRAYS.values() if a in arrays})
+            self._make_piece(events, directory)
         # the piece's name alone: its info is in its directory, and coffea merges every chunk's
         # output into everything merged before it (unpickled and pickled again each time), so
         # anything per piece here costs time quadratic in the number of chunks
         return {"pieces": {name}}
+
+    @collector.long_lived_objects_frozen()  # also in workers that process_files did not fork (dask's)
+    def _make_piece(self, events, directory: Path) -> None:
+        """Build the piece of the chunk ``events`` and write it to ``directory``."""
+        metadata = events.metadata
+        source = metadata["filename"]
+        decompression.inflate_zlib_with_isal()
+        class_names.cache_class_names()  # for the trees coffea opens for the chunks after this one
+        damaged = None
+        try:
+            arrays, info = self.build(self.jet_table(self._read(events)), source)
+        except Exception as error:
+            # the baskets are read here, so damage in them surfaces here
+            damaged = inputs.damaged_file_error(source, error)
+            if damaged is None:
+                if isinstance(error, ValueError):
+                    raise  # b-hive's own errors already name the file and the fix
+                raise ProcessorError(
+                    f"{source} (entries {metadata['entrystart']}-{metadata['entrystop']}) cannot be processed: "
+                    f"{type(error).__name__}: {error}") from error
+        if damaged is not None:
+            # raised outside the handler, without the reader's error as cause or context (the
+            # message carries it): dask pickles an error with both, and ISA-L's does not pickle
+            raise damaged
+        info.update(file=source, entry_start=metadata["entrystart"], entry_stop=metadata["entrystop"])
+        pieces.write_piece(directory, arrays, info, self.seed,
+                           masks={a: m for a, m in GROUP_ARRAYS.values() if a in arrays})
 
     def postprocess(self, accumulator):
         return accumulator
