@@ -92,27 +92,13 @@ def _known_entries(trees: dict[str, inputs.Tree], treename: str) -> dict:
             for path, tree in trees.items()}
 
 
-@dataclass(frozen=True)
-class BranchFilter:
-    """uproot's ``filter_name``: the branches in ``names`` only. A class rather than a closure,
-    so that it pickles to the workers of every executor."""
-
-    names: frozenset[str]
-
-    def __call__(self, name: str) -> bool:
-        return name in self.names
-
-
-def _branch_filter(processor: JetProcessor, trees: dict[str, inputs.Tree]) -> dict:
-    """coffea's ``iteritems_options`` that show its events only the branches ``processor``
-    reads from any of the checked files: coffea lays out the events of every chunk from the
-    branches it is shown, which for a NanoAOD tree of 1,500 branches costs about 0.2 s a
-    chunk more than for the few dozen read. No filter where a branch read is nested (its name a
-    path), whose matching by name is not that simple."""
-    read = frozenset().union(*(processor.read_branches(tree.branches) for tree in trees.values()))
-    if not read or any("/" in name or "." in name for name in read):
-        return {}
-    return {"filter_name": BranchFilter(read)}
+def no_branch(name: str) -> bool:
+    """uproot's ``filter_name`` that shows coffea's events no branch. coffea lays out the events
+    of every chunk from the branches it is shown (5-6 ms a chunk for the few dozen of
+    ``hlt_ak4``, 0.2 s for all 1,500 of a NanoAOD tree), but the processor reads its branches
+    itself, in one read of the tree (:meth:`JetProcessor._read`). A module function, so that it
+    pickles to the workers of every executor."""
+    return False
 
 
 def _executor(settings: ExecutorSettings, retries: int, jobs_directory: Path, resources: contextlib.ExitStack,
@@ -168,12 +154,11 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
         if settings.executor == "futures":
             pool = concurrent.futures.ProcessPoolExecutor(settings.processes)
             resources.callback(pool.shutdown, cancel_futures=True)
-        trees, branch_filter = {}, {}
+        trees = {}
         if file_processes is None:
             cfg = optional_groups.dataset_config(cfg, processor_cls)
             checker = processor_cls(cfg, piece_directory, {})
             file_processes, trees = check_inputs(cfg, files, checker, pool)
-            branch_filter = _branch_filter(checker, trees)
         instance = processor_cls(cfg, piece_directory, file_processes, seed)
         piece_directory.mkdir(parents=True, exist_ok=True)
         # retrying only helps against transient network errors; a local file fails the same way again
@@ -182,7 +167,8 @@ def process_files(cfg: Config, files: Sequence[str], piece_directory: Path, sett
         try:
             runner = processor.Runner(executor=executor, schema=BaseSchema, chunksize=settings.chunk_size,
                                       metadata_cache=_known_entries(trees, cfg.treename))
-            output = runner({_DATASET: list(files)}, instance, treename=cfg.treename, iteritems_options=branch_filter)
+            output = runner({_DATASET: list(files)}, instance, treename=cfg.treename,
+                            iteritems_options={"filter_name": no_branch})
         except Exception as error:
             # coffea wraps the processor's errors with the whole work item; a damaged file is
             # reported by itself, in one line that names it, caused by uproot's error where that

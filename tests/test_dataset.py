@@ -296,23 +296,29 @@ def test_process_assignment(caplog):
     assert "matches no process" in caplog.text
 
 
-def test_coffea_lays_out_only_the_branches_the_processor_reads(unit, monkeypatch):
+def test_coffea_lays_out_no_branch_and_the_processor_reads_its_own(unit, monkeypatch):
     from bhive.plugins.processor import JetProcessor
 
     cfg = unit["cfg"]
     files = inputs.resolve_files(cfg.samples.train, "train")
-    seen = []
+    shown, read_fields = [], []
     original = JetProcessor._read
-    monkeypatch.setattr(JetProcessor, "_read", lambda self, events: seen.append(set(events.fields))
-                        or original(self, events))
+
+    def recording_read(self, events):
+        shown.append(events.fields)
+        loaded = original(self, events)
+        read_fields.append(set(loaded.fields))
+        return loaded
+
+    monkeypatch.setattr(JetProcessor, "_read", recording_read)
     build(unit)
     in_file = inputs.tree_branches(files[0], cfg.treename).branches
     read = DeepNtupleProcessor(cfg, unit["tmp"], {}).read_branches(in_file)
-    assert seen and all(fields == read for fields in seen) and read < in_file
+    assert shown and all(fields == [] for fields in shown)
+    assert read_fields and all(fields == read for fields in read_fields) and read < in_file
     # the filter pickles, so that process pools and dask workers get it
-    chosen = construction.BranchFilter(frozenset(read))
-    assert pickle.loads(pickle.dumps(chosen)) == chosen and chosen(min(read))
-    assert not chosen(min(in_file - read))
+    assert pickle.loads(pickle.dumps(construction.no_branch)) is construction.no_branch
+    assert not any(construction.no_branch(name) for name in in_file)
 
 
 def test_chunks_are_processed_and_merged_with_the_older_objects_frozen(unit, monkeypatch):

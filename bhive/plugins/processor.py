@@ -141,10 +141,11 @@ class JetProcessor(processor.ProcessorABC):
         return accumulator
 
     def _read(self, events):
-        """``events`` with the branches :meth:`jet_table` reads loaded in one read of the tree.
+        """``events`` with the branches :meth:`jet_table` reads, loaded in one read of the tree.
 
-        coffea's events read a branch when it is first used, once per buffer (offsets, then
-        values); reading all of them together costs about a fifth less. Events of another
+        coffea's events show no branch (:func:`bhive.construction.no_branch`): laid out by
+        coffea, each branch would be read when first used, once per buffer (offsets, then
+        values), about a fifth slower than reading all of them together. Events of another
         source than an open ROOT file are returned as they are.
         """
         handle = getattr(events.attrs.get("@events_factory"), "file_handle", None)
@@ -152,7 +153,7 @@ class JetProcessor(processor.ProcessorABC):
             return events
         metadata = dict(events.metadata)
         tree = handle[metadata["treename"]]
-        arrays = _Loaded(tree.arrays(sorted(self.read_branches(events.fields)), entry_start=metadata["entrystart"],
+        arrays = _Loaded(tree.arrays(sorted(self.read_branches(tree.keys())), entry_start=metadata["entrystart"],
                                      entry_stop=metadata["entrystop"], how=dict))
         arrays.metadata = {"uuid": str(tree.file.uuid), "object_path": tree.object_path,
                            "num_rows": metadata["entrystop"] - metadata["entrystart"]}
