@@ -19,6 +19,7 @@ call while ``BHIVE_DIRECT_IO=off`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import mmap
@@ -139,10 +140,17 @@ def _bytes_of(buffer) -> np.ndarray:
 def _staging_buffer() -> tuple[mmap.mmap, np.ndarray]:
     """This thread's page-aligned staging buffer, made once and reused: new memory is what
     costs on the machines this module is for. Private: a worker process forked from this one
-    gets its own copy, where a shared mapping would have both write into the same pages."""
+    gets its own copy, where a shared mapping would have both write into the same pages.
+
+    In huge pages where the system has them (transparent huge pages, "madvise" or "always"):
+    each direct read or write pins the buffer's pages for the device, and 2 MiB pages are 512
+    times fewer pages to pin than 4 kiB ones (the merge of 2M jets, one core: 0.9-1.1 s of
+    kernel time before, 0.55-0.7 s after)."""
     if getattr(_staging, "buffer", None) is None:
-        _staging.buffer = mmap.mmap(-1, STAGING_BYTES, flags=mmap.MAP_PRIVATE)
-        _staging.view = np.frombuffer(_staging.buffer, dtype=np.uint8)
+        buffer = mmap.mmap(-1, STAGING_BYTES, flags=mmap.MAP_PRIVATE)
+        with contextlib.suppress(AttributeError, OSError):  # no such advice here: plain pages
+            buffer.madvise(mmap.MADV_HUGEPAGE)
+        _staging.buffer, _staging.view = buffer, np.frombuffer(buffer, dtype=np.uint8)
     return _staging.buffer, _staging.view
 
 

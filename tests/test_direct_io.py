@@ -120,3 +120,36 @@ def test_a_forked_worker_has_a_staging_buffer_of_its_own():
     worker.start()
     worker.join()
     assert worker.exitcode == 0 and (view == 7).all()
+
+
+def _mapping_fields(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds ``address``."""
+    fields, inside = {}, False
+    with open("/proc/self/smaps") as stream:
+        for line in stream:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, stop = (int(bound, 16) for bound in head.split("-"))
+                inside = start <= address < stop
+            elif inside:
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+    return fields
+
+
+def _huge_pages_mode() -> str:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as stream:
+            return stream.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "none"
+
+
+@pytest.mark.skipif(_huge_pages_mode() not in {"madvise", "always"}, reason="no transparent huge pages here")
+def test_the_staging_buffer_may_take_huge_pages():
+    # a direct read or write pins the buffer's pages: in huge pages far fewer of them
+    view = direct_io._staging_buffer()[1]
+    fields = _mapping_fields(view.ctypes.data)
+    assert fields.get("THPeligible") == "1"
+    if _huge_pages_mode() == "madvise":
+        assert "hg" in fields.get("VmFlags", "").split()  # the advice itself
