@@ -120,33 +120,34 @@ def _merge(sources: Sequence[pieces.PieceReader], directory: Path, seed: int, n_
         files = _write_shard(directory / shard_name(index), arrays)
         return {"name": shard_name(index), "n_jets": len(kinematics), "files": files}
 
-    if processes <= 1:
-        # the next shard's blocks are read while this one is shuffled, weighted and written, so
-        # two sets of block buffers take turns
+    failed = threading.Event()
+
+    def lane(indices: range) -> list[dict]:
+        # the next shard's blocks are read while one is shuffled, weighted and written, so two
+        # sets of block buffers take turns: the device always has reads to serve
         block_buffers, buffers = (_Buffers(), _Buffers()), _Buffers()
-        merged, pending = [], _read_blocks(sources, 0, layout, readers, block_buffers[0])
-        for index in range(n_shards):
+        merged, pending = [], _read_blocks(sources, indices[0], layout, readers, block_buffers[0])
+        for turn, index in enumerate(indices):
+            if failed.is_set():  # another lane's error is the one raised
+                break
             blocks = pending
-            if index + 1 < n_shards:
-                pending = _read_blocks(sources, index + 1, layout, readers, block_buffers[(index + 1) % 2])
-            merged.append(shard(index, blocks, buffers))
+            if turn + 1 < len(indices):
+                pending = _read_blocks(sources, indices[turn + 1], layout, readers, block_buffers[(turn + 1) % 2])
+            try:
+                merged.append(shard(index, blocks, buffers))
+            except BaseException:
+                failed.set()
+                raise
         return merged
+
+    # shard i goes to lane i % lanes; shards are all about one size
+    lanes = [range(first, n_shards, processes) for first in range(min(processes, n_shards))]
+    if len(lanes) == 1:
+        return lane(lanes[0])
     # the work is in file reads, numpy copies and hashing, which release the GIL
-    lanes = threading.local()  # each merging thread's buffers
-
-    def merge_one(index: int) -> dict:
-        if not hasattr(lanes, "buffers"):
-            lanes.buffers = _Buffers()
-        return shard(index, _read_blocks(sources, index, layout, readers, lanes.buffers), lanes.buffers)
-
-    with ThreadPoolExecutor(processes) as pool:
-        futures = [pool.submit(merge_one, index) for index in range(n_shards)]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    with ThreadPoolExecutor(len(lanes), thread_name_prefix="shard-merger") as pool:
+        merged = [future.result() for future in [pool.submit(lane, indices) for indices in lanes]]
+    return [merged[index % len(lanes)][index // len(lanes)] for index in range(n_shards)]
 
 
 def _reader(directory: Path, info: dict, layout: dict, seed: int, n_shards: int) -> pieces.PieceReader:
