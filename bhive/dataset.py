@@ -35,11 +35,12 @@ produced or listed in. Pieces and shards are written, and pieces read, past the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -111,13 +112,13 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
 def _merge(sources: Sequence[pieces.PieceReader], directory: Path, seed: int, n_shards: int, layout: dict,
            readers: Executor, weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float],
            processes: int) -> list[dict]:
-    def shard(index: int, blocks: tuple[dict, list[Future]], buffers: _Buffers) -> dict:
+    def shard(index: int, blocks: tuple[dict, list[Future]], buffers: _Buffers, writer: Executor) -> dict:
         arrays = _shuffle(*blocks, sources, index, layout, np.random.default_rng([seed, _SHARD_ORDER, index]),
                           buffers)
         kinematics = arrays["kinematics"]
         arrays[WEIGHT] = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], arrays["truth"],
                                                  bins_pt, bins_eta).astype(np.float32)
-        files = _write_shard(directory / shard_name(index), arrays)
+        files = _write_shard(directory / shard_name(index), arrays, writer)
         return {"name": shard_name(index), "n_jets": len(kinematics), "files": files}
 
     failed = threading.Event()
@@ -127,17 +128,19 @@ def _merge(sources: Sequence[pieces.PieceReader], directory: Path, seed: int, n_
         # sets of block buffers take turns: the device always has reads to serve
         block_buffers, buffers = (_Buffers(), _Buffers()), _Buffers()
         merged, pending = [], _read_blocks(sources, indices[0], layout, readers, block_buffers[0])
-        for turn, index in enumerate(indices):
-            if failed.is_set():  # another lane's error is the one raised
-                break
-            blocks = pending
-            if turn + 1 < len(indices):
-                pending = _read_blocks(sources, indices[turn + 1], layout, readers, block_buffers[(turn + 1) % 2])
-            try:
-                merged.append(shard(index, blocks, buffers))
-            except BaseException:
-                failed.set()
-                raise
+        with ThreadPoolExecutor(1, thread_name_prefix="shard-writer") as writer:
+            for turn, index in enumerate(indices):
+                if failed.is_set():  # another lane's error is the one raised
+                    break
+                blocks = pending
+                if turn + 1 < len(indices):
+                    pending = _read_blocks(sources, indices[turn + 1], layout, readers,
+                                           block_buffers[(turn + 1) % 2])
+                try:
+                    merged.append(shard(index, blocks, buffers, writer))
+                except BaseException:
+                    failed.set()
+                    raise
         return merged
 
     # shard i goes to lane i % lanes; shards are all about one size
@@ -227,17 +230,30 @@ def _shuffle(blocks: dict[str, np.ndarray], reads: Sequence[Future], sources: Se
     return arrays
 
 
-def _write_shard(directory: Path, arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+def _write_shard(directory: Path, arrays: dict[str, np.ndarray], writer: Executor | None = None) -> dict[str, dict]:
     """Write one shard atomically; returns its files with size and sha256. The files are
-    written by a thread of their own while this one hashes them: a direct write mostly waits for
-    the device, which hashing does not need."""
+    written by ``writer``'s thread (a new one when None) while this one hashes them: a direct
+    write mostly waits for the device, which hashing does not need. A merging thread keeps
+    one writer for all its shards, whose staging buffer (:mod:`bhive.direct_io`) is then made
+    once: each new one is 8 MiB of new memory."""
     arrays = {name: np.ascontiguousarray(arrays[name]) for name in sorted(arrays)}
-    with atomic_directory(directory) as temporary, ThreadPoolExecutor(1, thread_name_prefix="shard-writer") as writer:
+    with contextlib.ExitStack() as stack:
+        if writer is None:
+            writer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="shard-writer"))
+        temporary = stack.enter_context(atomic_directory(directory))
         writes = [writer.submit(direct_io.save_array, temporary / f"{name}.npy", values)
                   for name, values in arrays.items()]
-        files = {f"{name}.npy": _file_record(values) for name, values in arrays.items()}
-        for write in writes:
-            write.result()
+        try:
+            files = {f"{name}.npy": _file_record(values) for name, values in arrays.items()}
+            for write in writes:
+                write.result()
+        except BaseException:
+            # the writes still queued are dropped and the one under way is waited for: none
+            # may outlive the temporary directory, which the error removes
+            for write in writes:
+                write.cancel()
+            wait(writes)
+            raise
     return files
 
 

@@ -334,3 +334,29 @@ def test_chunks_are_processed_and_merged_with_the_older_objects_frozen(unit, mon
     build(unit)
     assert len(seen) > 2 and min(seen) > before
     assert gc.get_freeze_count() == before
+
+
+@pytest.mark.parametrize("failing", ["write", "hash"])
+def test_a_shard_that_fails_leaves_nothing_and_its_lanes_writer_serves_on(tmp_path, monkeypatch, failing):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bhive import direct_io
+    from bhive.store import StoreError
+
+    arrays = {"truth": np.arange(300_000, dtype=np.int16), "weight": np.ones(300_000, np.float32)}
+
+    def no_space(*args):
+        raise OSError(28, "No space left on device")
+
+    with ThreadPoolExecutor(1) as writer:
+        with monkeypatch.context() as patch:
+            if failing == "write":
+                patch.setattr(direct_io, "save_array", no_space)
+            else:
+                patch.setattr(dataset, "_file_record", no_space)
+            with pytest.raises(StoreError, match="no space left while writing .*shard_0000"):
+                dataset._write_shard(tmp_path / "shard_0000", arrays, writer)
+        assert list(tmp_path.iterdir()) == []
+        files = dataset._write_shard(tmp_path / "shard_0000", arrays, writer)
+    assert sorted(files) == ["truth.npy", "weight.npy"]
+    assert (np.load(tmp_path / "shard_0000" / "truth.npy") == arrays["truth"]).all()
