@@ -261,6 +261,10 @@ def main() -> None:
     print(f"the {detail['written_gb']:.1f} GB of pieces and shards it writes past the page cache would take "
           f"{detail['new_page_write_seconds']:.1f} s of CPU time here through it (new pages), "
           f"{detail['freed_page_write_seconds']:.1f} s into pages just freed")
+    parallel = rows[-1]["detail"]  # each stage's speed-up over one core: the merge is what scales least
+    print(f"two workers: processing {parallel['process_seconds']:.1f} s "
+          f"({detail['process_seconds'] / parallel['process_seconds']:.2f} x one core), merging into shards "
+          f"{parallel['merge_seconds']:.1f} s ({detail['merge_seconds'] / parallel['merge_seconds']:.2f} x)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
