@@ -1,6 +1,7 @@
 """The garbage collector skips the objects that outlive a conversion, and gets them all back."""
 
 import gc
+import multiprocessing
 import threading
 import weakref
 
@@ -67,3 +68,21 @@ def test_threads_share_one_frozen_span():
     thread.join()
     assert counts[0] > before and gc.get_freeze_count() == before
 
+
+
+def _enter_and_leave():
+    with collector.long_lived_objects_frozen():
+        pass
+
+
+def test_a_process_forked_while_another_thread_holds_the_lock_still_freezes():
+    # the workers of the futures executor are forked while other threads may be running
+    with collector._lock:
+        worker = multiprocessing.get_context("fork").Process(target=_enter_and_leave)
+        worker.start()
+    try:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    finally:
+        if worker.is_alive():
+            worker.kill()
