@@ -192,12 +192,12 @@ def _read_blocks(sources: Sequence[pieces.PieceReader], index: int, layout: dict
     takes the pieces' blocks one after the other; per piece, one read of all its arrays' rows
     into those buffers, run by ``readers`` side by side (past the page cache a read waits for
     the device, and thousands of small waits in a row would take longer than the rest of the
-    merge)."""
+    merge). ``buffers`` are the blocks' alone: the shard is made from them into other memory."""
     blocks, outs = {}, [{} for _ in sources]
     for name, spec in layout.items():
         row_shape = spec["shape"][2:] if "packed_by" in spec else spec["shape"][1:]
         bounds = np.cumsum([0, *(source.n_rows(name, index) for source in sources)])
-        blocks[name] = block = buffers.array(f"block {name}", (int(bounds[-1]), *row_shape), spec["dtype"])
+        blocks[name] = block = buffers.array(name, (int(bounds[-1]), *row_shape), spec["dtype"])
         for k, out in enumerate(outs):
             out[name] = block[bounds[k]:bounds[k + 1]]
     return blocks, [readers.submit(source.read_all, index, out) for source, out in zip(sources, outs)]
