@@ -301,11 +301,12 @@ def _closure_spectra(piece_dirs: Sequence[Path], weights: np.ndarray, cfg: Confi
     total_pt = total_eta = 0.0
     for piece in piece_dirs:
         # as stored, in shard-key order: histograms do not depend on the order of the jets
-        kinematics, truth = pieces.load_stored(piece, "kinematics"), pieces.load_stored(piece, "truth")
+        jets = pieces.load_jets(piece)
+        kinematics, truth = jets["kinematics"], jets["truth"]
         weight = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], truth, cfg.bins_pt,
                                          cfg.bins_eta).astype(np.float64)
         if cfg.event_weight:
-            weight *= pieces.load_stored(piece, dataset.EVENT_WEIGHT)
+            weight *= jets[dataset.EVENT_WEIGHT]
         pt_spectra, eta_spectra = reweighting.closure_histograms(kinematics[:, 0], kinematics[:, 1], truth, weight,
                                                                  cfg.bins_pt, cfg.bins_eta, n_labels)
         total_pt, total_eta = total_pt + pt_spectra, total_eta + eta_spectra

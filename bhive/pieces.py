@@ -13,14 +13,19 @@ order the processor made them. A dataset of ``n`` shards sends the jets with key
 this is what lets each shard read one contiguous block of rows of every piece, whatever the
 executor, the order the pieces were made in and the number of shards.
 
-Zero-padded (jets, slots, ...) arrays with a (jets, slots) mask, the candidate groups, are
-stored packed: only the entries the mask keeps, about half the padded bytes.
+The per-jet arrays (features, kinematics, truth, masks, ...) are stored together as the
+fields of one record per jet, ``jets.npy``, so that a shard's rows of all of them are one
+read: the merge reads every piece once per shard, and one small read per array made most of
+its reads. Zero-padded (jets, slots, ...) arrays with a (jets, slots) mask, the candidate
+groups, are stored packed in files of their own (``<name>.npy``): only the entries the mask
+keeps, about half the padded bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -31,8 +36,14 @@ from bhive import direct_io, packed
 from bhive.store import atomic_directory
 
 INFO_FILE = "info.json"
+#: the per-jet arrays of a piece, one record per jet
+JETS_FILE = "jets.npy"
 #: info key: the seed whose shard keys order the piece's jets
 SHARD_SEED = "shard_seed"
+#: info key: the layout of the piece's files; pieces of another layout are made again
+LAYOUT = "piece_layout"
+#: per-jet arrays as the fields of ``jets.npy``, packed arrays in files of their own
+CURRENT_LAYOUT = 2
 # stream of the seeded generator that draws the shard keys (the dataset uses others)
 _SHARD_KEYS = 2
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -70,6 +81,21 @@ def read_info(directory: Path) -> dict | None:
         return json.load(stream)
 
 
+def is_current(info: Mapping | None) -> bool:
+    """Whether ``info`` is that of a finished piece in the layout this code writes and reads."""
+    return info is not None and info.get(LAYOUT) == CURRENT_LAYOUT
+
+
+def jet_record(specs: Mapping[str, Mapping]) -> np.dtype:
+    """The dtype of one record of ``jets.npy``: a field per array of ``specs`` (name -> info
+    spec, ``shape`` and ``dtype``) that is not packed, each at an offset of a multiple of its
+    item size. The fields go by item size, largest first (little padding), then by name: the
+    order does not depend on the order of ``specs``, which ``info.json`` does not keep."""
+    fields = sorted((-np.dtype(spec["dtype"]).itemsize, name, spec["dtype"], tuple(spec["shape"][1:]))
+                    for name, spec in specs.items() if "packed_by" not in spec)
+    return np.dtype([(name, dtype, shape) for _, name, dtype, shape in fields], align=True)
+
+
 def write_piece(directory: Path, arrays: Mapping[str, np.ndarray | packed.PackedArray], info: dict, seed: int,
                 masks: Mapping[str, str] | None = None) -> None:
     """Write arrays, their jets in the order of their shard keys for ``seed``, and info to
@@ -83,28 +109,38 @@ def write_piece(directory: Path, arrays: Mapping[str, np.ndarray | packed.Packed
     masks = dict(masks or {})
     n_jets = len(next(iter(arrays.values()))) if arrays else 0
     order = np.argsort(shard_keys(seed, Path(directory).name, n_jets), kind="stable")
+    specs = {name: {"shape": list(values.shape), "dtype": values.dtype.str} for name, values in arrays.items()}
     with atomic_directory(directory) as temporary:
-        specs = {}
-        for name, values in arrays.items():
-            spec = {"shape": list(values.shape), "dtype": values.dtype.str}
-            if name in masks:
-                if not isinstance(values, packed.PackedArray):
-                    values = packed.PackedArray(values[arrays[masks[name]]], arrays[masks[name]])
-                stored = values.select(order).entries
-                spec.update(packed_by=masks[name], entries=len(stored))
-            else:
-                stored = packed.take_rows(values, order)
+        for name, mask_name in masks.items():
+            values = arrays[name]
+            if not isinstance(values, packed.PackedArray):
+                values = packed.PackedArray(values[arrays[mask_name]], arrays[mask_name])
+            stored = values.select(order).entries
+            specs[name].update(packed_by=mask_name, entries=len(stored))
             direct_io.save_array(temporary / f"{name}.npy", stored)
-            specs[name] = spec
+        # zeros: the padding between fields is then the same in every run
+        records = np.zeros(n_jets, jet_record(specs))
+        for name in records.dtype.names:
+            records[name] = packed.take_rows(arrays[name], order)
+        direct_io.save_array(temporary / JETS_FILE, records)
         # dumps, not dump: only the one-shot encoder is the C one (the bin sums are thousands of numbers)
-        (temporary / INFO_FILE).write_text(json.dumps({**info, "arrays": specs, SHARD_SEED: seed}, sort_keys=True))
+        (temporary / INFO_FILE).write_text(json.dumps({**info, "arrays": specs, SHARD_SEED: seed,
+                                                       LAYOUT: CURRENT_LAYOUT}, sort_keys=True))
+
+
+def load_jets(directory: Path) -> np.ndarray:
+    """The per-jet arrays of a finished piece as stored: one record per jet, a field per array,
+    the jets in the order of their shard keys, which is enough where the order of jets does not
+    matter (sums, histograms)."""
+    return np.load(Path(directory) / JETS_FILE, allow_pickle=False)
 
 
 def load_stored(directory: Path, name: str) -> np.ndarray:
-    """One array of a finished piece as stored, its jets in the order of their shard keys: the
-    same order in every per-jet array of the piece, and enough where the order of jets does not
-    matter (sums, histograms). Packed arrays come as their entries."""
-    return np.load(Path(directory) / f"{name}.npy", allow_pickle=False)
+    """One array of a finished piece as stored (see :func:`load_jets`); packed arrays come as
+    their entries."""
+    if "packed_by" in read_info(Path(directory))["arrays"][name]:
+        return np.load(Path(directory) / f"{name}.npy", allow_pickle=False)
+    return np.ascontiguousarray(load_jets(directory)[name])
 
 
 def load_array(directory: Path, name: str) -> np.ndarray:
@@ -122,22 +158,25 @@ def load_array(directory: Path, name: str) -> np.ndarray:
 
 
 class PieceReader:
-    """The block of rows each shard takes from one piece: its size, and its rows of any array
-    read straight into a caller's buffer. The files are checked against the piece's info
-    (shape and dtype) when the reader is made."""
+    """The block of rows each shard takes from one piece: its size, and its rows of any arrays
+    read straight into a caller's buffers. The files are checked against the piece's info
+    (layout, shapes and dtypes) when the reader is made."""
 
     def __init__(self, directory: Path, info: Mapping, seed: int, n_shards: int, names: Iterable[str]) -> None:
         self.directory = Path(directory)
+        if not is_current(info):
+            raise PieceError(f"piece {self.directory} is in another layout ({LAYOUT} {info.get(LAYOUT)}, this code "
+                             f"reads {CURRENT_LAYOUT})")
         self.bounds = shard_bounds(seed, self.directory.name, info["n_jets"], n_shards)
         self.specs = {name: info["arrays"][name] for name in names}
+        self._records = _ArrayFile(self.directory / JETS_FILE, [info["n_jets"]], jet_record(info["arrays"]))
         self._files, self._entry_bounds = {}, {}
-        for name, spec in self.specs.items():
-            shape, mask_name = spec["shape"], spec.get("packed_by")
-            if mask_name is not None:
-                shape = [spec["entries"], *shape[2:]]
-                mask = np.load(self.directory / f"{mask_name}.npy", allow_pickle=False)
-                self._entry_bounds[name] = packed.entry_offsets(mask)[self.bounds]
-            self._files[name] = _ArrayFile(self.directory / f"{name}.npy", shape, np.dtype(spec["dtype"]))
+        packed_specs = {name: spec for name, spec in self.specs.items() if "packed_by" in spec}
+        records = np.load(self._records.path, allow_pickle=False) if packed_specs else None
+        for name, spec in packed_specs.items():
+            self._files[name] = _ArrayFile(self.directory / f"{name}.npy", [spec["entries"], *spec["shape"][2:]],
+                                           np.dtype(spec["dtype"]))
+            self._entry_bounds[name] = packed.entry_offsets(records[spec["packed_by"]])[self.bounds]
 
     def n_jets(self, shard: int) -> int:
         return int(self.bounds[shard + 1] - self.bounds[shard])
@@ -147,16 +186,20 @@ class PieceReader:
         bounds = self._entry_bounds.get(name, self.bounds)
         return int(bounds[shard + 1] - bounds[shard])
 
-    def read(self, name: str, shard: int, out: np.ndarray) -> None:
-        """The rows of ``name`` in the block of ``shard`` into ``out`` (C-contiguous, of their
-        shape and dtype)."""
-        bounds = self._entry_bounds.get(name, self.bounds)
-        self._files[name].read(int(bounds[shard]), int(bounds[shard + 1]), out)
-
     def read_all(self, shard: int, outs: Mapping[str, np.ndarray]) -> None:
-        """:meth:`read` of every array in ``outs`` (name -> buffer), one after the other."""
-        for name, out in outs.items():
-            self.read(name, shard, out)
+        """The rows of the block of ``shard`` of every array in ``outs`` (name -> C-contiguous
+        buffer of their shape and dtype): one read of the jets' records for all per-jet arrays,
+        one read per packed array."""
+        per_jet = [name for name in outs if name not in self._files]
+        if per_jet:
+            records = np.empty(self.n_jets(shard), self._records.dtype)
+            self._records.read(int(self.bounds[shard]), int(self.bounds[shard + 1]), records)
+            for name in per_jet:
+                outs[name][...] = records[name]
+        for name, file in self._files.items():
+            if name in outs:
+                bounds = self._entry_bounds[name]
+                file.read(int(bounds[shard]), int(bounds[shard + 1]), outs[name])
 
 
 class _ArrayFile:
@@ -169,11 +212,16 @@ class _ArrayFile:
                 version = np.lib.format.read_magic(stream)
                 found = _HEADER_READERS[version](stream)  # (shape, fortran order, dtype)
                 self.offset = stream.tell()
+                size = os.fstat(stream.fileno()).st_size
         except (OSError, ValueError, KeyError) as error:
             raise PieceError(f"piece file {path} cannot be read ({error})") from None
         if found != (tuple(shape), False, dtype):
             raise PieceError(f"piece file {path} holds {found[2]} {found[0]}, its info says {dtype} {tuple(shape)}")
+        self.dtype = dtype
         self.row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        missing = self.offset + shape[0] * self.row_bytes - size
+        if missing > 0:  # before any shard is merged; a file cut while the merge runs fails its read
+            raise PieceError(f"piece file {path} ends {missing} bytes early")
 
     def read(self, start: int, stop: int, out: np.ndarray) -> None:
         try:

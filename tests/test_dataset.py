@@ -2,6 +2,7 @@
 
 import gc
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -182,22 +183,31 @@ def test_merge_buffers_are_reused_and_grow_when_a_shard_needs_more():
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_a_piece_cut_short_is_named_and_leaves_no_partial_shard(unit, processes):
+@pytest.mark.parametrize("file", ["cpf.npy", pieces.JETS_FILE])
+def test_a_piece_cut_short_is_named_before_any_shard_is_written(unit, processes, file):
     cfg = unit["cfg"]
     directory, meta = build(unit, "a")
     piece_dirs = sorted((unit["tmp"] / "a" / "pieces").iterdir())
-    damaged = piece_dirs[0] / "cpf.npy"
+    damaged = piece_dirs[0] / file
     os.truncate(damaged, damaged.stat().st_size - 100)
     target = unit["tmp"] / "again"
-    with pytest.raises(dataset.DatasetError, match=rf"piece file {damaged} ends \d+ bytes early; remove the pieces"):
+    with pytest.raises(dataset.DatasetError, match=rf"piece file {damaged} ends 100 bytes early; remove the pieces"):
         dataset.write_shards(piece_dirs, target, 3, 400, np.asarray(meta["weights"]), cfg.bins_pt, cfg.bins_eta,
                              processes=processes)
-    # the shards written before the error are whole; nothing half-written is left beside them
-    written = sorted(path.name for path in target.iterdir()) if target.exists() else []
-    assert all(name.startswith("shard_") for name in written), written
-    assert len(written) < len(meta["shards"])
-    for name in written:
-        assert sorted(p.name for p in (target / name).iterdir()) == sorted(meta["shards"][int(name[6:])]["files"])
+    assert not target.exists() or not any(target.iterdir())
+
+
+@pytest.mark.parametrize("file", ["cpf.npy", pieces.JETS_FILE])
+def test_a_piece_cut_while_it_is_read_is_named(unit, file):
+    build(unit, "a")
+    piece = sorted((unit["tmp"] / "a" / "pieces").iterdir())[0]
+    info = pieces.read_info(piece)
+    reader = pieces.PieceReader(piece, info, 3, 1, info["arrays"])
+    os.truncate(piece / file, (piece / file).stat().st_size - 100)
+    outs = {name: np.empty((reader.n_rows(name, 0), *spec["shape"][2 if "packed_by" in spec else 1:]), spec["dtype"])
+            for name, spec in info["arrays"].items()}
+    with pytest.raises(pieces.PieceError, match=rf"piece file {piece / file} ends \d+ bytes early"):
+        reader.read_all(0, outs)
 
 
 def test_pieces_store_padded_candidates_packed(unit):
@@ -207,6 +217,54 @@ def test_pieces_store_padded_candidates_packed(unit):
     cpf, mask = pieces.load_array(piece, "cpf"), pieces.load_array(piece, "mask_cpf")
     assert info["arrays"]["cpf"]["packed_by"] == "mask_cpf" and cpf.shape == tuple(info["arrays"]["cpf"]["shape"])
     assert np.load(piece / "cpf.npy").shape == (mask.sum(), cpf.shape[2]) and not cpf[~mask].any()
+
+
+def test_a_piece_holds_its_per_jet_arrays_as_records_of_one_file(tmp_path):
+    rng = np.random.default_rng(5)
+    n = 50
+    mask = rng.random((n, 4)) < 0.5
+    arrays = {"global": rng.normal(size=(n, 3)).astype(np.float32), "truth": rng.integers(0, 4, n).astype(np.int16),
+              "mask_cpf": mask, "kinematics": rng.normal(size=(n, 2)).astype(np.float32),
+              "extras": np.zeros((n, 0), np.float32),
+              "cpf": np.where(mask[..., None], rng.normal(size=(n, 4, 2)), 0).astype(np.float32)}
+    piece = tmp_path / "piece"
+    pieces.write_piece(piece, arrays, {"n_jets": n}, seed=9, masks={"cpf": "mask_cpf"})
+    assert sorted(p.name for p in piece.iterdir()) == sorted(["cpf.npy", pieces.INFO_FILE, pieces.JETS_FILE])
+    for name, values in arrays.items():
+        np.testing.assert_array_equal(pieces.load_array(piece, name), values)
+    # the records hold every per-jet array, as stored (in shard-key order), each field aligned
+    records = np.load(piece / pieces.JETS_FILE)
+    order = np.argsort(pieces.shard_keys(9, piece.name, n), kind="stable")
+    assert sorted(records.dtype.names) == sorted(set(arrays) - {"cpf"})
+    for name in records.dtype.names:
+        np.testing.assert_array_equal(records[name], arrays[name][order])
+        assert records.dtype.fields[name][1] % records.dtype.fields[name][0].base.itemsize == 0
+    assert np.load(piece / "cpf.npy").shape == (mask.sum(), 2)
+    # the same fields whatever order info.json gives the arrays in
+    info = pieces.read_info(piece)
+    shuffled = dict(reversed(list(info["arrays"].items())))
+    assert pieces.jet_record(shuffled) == records.dtype
+
+
+def test_a_piece_of_an_older_layout_is_made_again_and_never_merged(unit):
+    cfg = unit["cfg"]
+    _, meta = build(unit, "a")
+    piece_dirs = sorted((unit["tmp"] / "a" / "pieces").iterdir())
+    older = piece_dirs[1]
+    info = pieces.read_info(older)
+    del info[pieces.LAYOUT]
+    (older / pieces.INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(dataset.DatasetError, match=rf"piece {older} is in another layout.*remove the pieces"):
+        dataset.write_shards(piece_dirs, unit["tmp"] / "again", 3, 400, np.asarray(meta["weights"]), cfg.bins_pt,
+                             cfg.bins_eta)
+    assert not (unit["tmp"] / "again").exists()
+    kept = {p: (p / pieces.JETS_FILE).stat().st_mtime_ns for p in piece_dirs if p != older}
+    files = inputs.resolve_files(cfg.samples.train, "train")
+    settings = construction.ExecutorSettings(executor="iterative", chunk_size=300)
+    again = construction.process_files(cfg, files, unit["tmp"] / "a" / "pieces", settings, DeepNtupleProcessor,
+                                       seed=3)
+    assert again == piece_dirs and pieces.is_current(pieces.read_info(older))
+    assert all((p / pieces.JETS_FILE).stat().st_mtime_ns == t for p, t in kept.items())
 
 
 def test_shards_store_candidates_packed_and_keep_every_jet_of_the_pieces(unit):
@@ -249,12 +307,12 @@ def test_interrupted_processing_reuses_finished_pieces(unit):
     settings = construction.ExecutorSettings(executor="iterative", chunk_size=300)
     directory = unit["tmp"] / "pieces"
     first = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor, seed=3)
-    kept = {p: (p / "global.npy").stat().st_mtime_ns for p in first[1:]}
+    kept = {p: (p / pieces.JETS_FILE).stat().st_mtime_ns for p in first[1:]}
     import shutil
     shutil.rmtree(first[0])
     second = construction.process_files(cfg, files, directory, settings, DeepNtupleProcessor, seed=3)
     assert second == first
-    assert all((p / "global.npy").stat().st_mtime_ns == t for p, t in kept.items())
+    assert all((p / pieces.JETS_FILE).stat().st_mtime_ns == t for p, t in kept.items())
 
 
 def test_piece_names_are_unique_for_any_path():

@@ -102,8 +102,8 @@ class JetProcessor(processor.ProcessorABC):
         source = metadata["filename"]
         name = pieces.piece_name(source, metadata.get("treename", ""), metadata["entrystart"], metadata["entrystop"])
         directory = Path(self.piece_directory) / name
-        info = pieces.read_info(directory)
-        if info is None:
+        # a piece of another layout (left by an interrupted run of older code) is made again
+        if not pieces.is_current(pieces.read_info(directory)):
             self._make_piece(events, directory)
         # the piece's name alone: its info is in its directory, and coffea merges every chunk's
         # output into everything merged before it (unpickled and pickled again each time), so
