@@ -169,6 +169,21 @@ def test_shards_do_not_depend_on_how_they_are_merged(unit):
         dataset.write_shards(piece_dirs, unit["tmp"] / "other", 4, 400, weights, cfg.bins_pt, cfg.bins_eta)
 
 
+@pytest.mark.parametrize("processes, lanes", [(1, 1), (3, 2)])
+def test_with_several_processes_the_plots_take_one_and_the_merge_the_others(unit, monkeypatch, processes, lanes):
+    merged_by = []
+    write_shards = dataset.write_shards
+
+    def counting(*args, processes=1):
+        merged_by.append(processes)
+        return write_shards(*args, processes=processes)
+
+    monkeypatch.setattr(dataset, "write_shards", counting)
+    directory, meta = build(unit, executor="futures", processes=processes)
+    assert merged_by == [lanes]
+    assert meta["plots"] and all((directory / name).is_file() for name in meta["plots"])
+
+
 def test_merge_buffers_are_reused_and_grow_when_a_shard_needs_more():
     buffers = dataset._Buffers()
     first = buffers.array("cpf", (10, 3), np.float32)
