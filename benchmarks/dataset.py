@@ -37,12 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import print_table
-from bhive import construction
-from bhive.config import load_config
 
-# The simulation and the processors (coffea) are imported where they are used: with several
-# processes the conversion draws its plots in a spawned process, which imports the main module
-# again, and `law run`, whose main module imports nothing, does not pay for them there either.
+# The config, the conversion, the simulation and the processors (coffea) are imported where
+# they are used: with several processes the conversion draws its plots in a spawned process,
+# which imports the main module again, and `law run`, whose main module imports nothing,
+# does not pay for them there either.
 
 
 @contextlib.contextmanager
@@ -122,6 +121,7 @@ def page_cache_write_rates(directory: Path, n_bytes: int = 2**30) -> tuple[float
 
 
 def convert(cfg, files: list[str], work: Path, chunk_size: int, shard_size: int, workers: int = 1) -> dict:
+    from bhive import construction
     from processors.base import processor_class
 
     started = time.perf_counter()
@@ -143,6 +143,8 @@ def convert(cfg, files: list[str], work: Path, chunk_size: int, shard_size: int,
 
 def _child(args) -> None:
     """Convert in this fresh process and print the result as JSON (used for the memory rows)."""
+    from bhive.config import load_config
+
     cfg = load_config(args.config)
     files = [line for line in Path(args.child).read_text().splitlines() if line]
     with one_core() if args.workers == 1 else contextlib.nullcontext():
@@ -165,6 +167,7 @@ def _convert_in_child(config, files, work: Path, chunk_size, shard_size, workers
 
 
 def run(config: str, n_jets: int, copies: int, chunk_size: int, shard_size: int) -> list[dict]:
+    from bhive.config import load_config
     from processors.base import processor_class
 
     cfg = load_config(config)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bhive import collector, dataset, inputs, optional_groups, plotting, reweighting
+from bhive import collector, dataset, dataset_plots, inputs, optional_groups, reweighting
 from bhive.config import CandidateGroup, Config
 from bhive.store import code_version, stable_hash
 
@@ -217,7 +217,10 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     for line in report_lines:
         (logger.warning if line in warnings else logger.info)(line)
 
-    plot_arguments = (cfg, list(piece_dirs), histograms, weights, directory / "plots")
+    plot_settings = dataset_plots.PlotSettings(
+        labels=tuple(labels), reference=cfg.reference_flavour, bins_pt=tuple(cfg.bins_pt),
+        bins_eta=tuple(cfg.bins_eta), event_weight=bool(cfg.event_weight))
+    plot_arguments = (plot_settings, list(piece_dirs), histograms, weights, directory / "plots")
     shard_arguments = (list(piece_dirs), directory, seed, shard_size, weights, cfg.bins_pt, cfg.bins_eta)
     if processes > 1:
         # the plots need the weights, not the shards: they are drawn alongside the merge, in a
@@ -230,12 +233,12 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
         # memory of its own, new memory costs a fault per page, and they contend for the
         # interpreter and the disk, which one thread alone kept nearly busy)
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as side:
-            plotted = side.submit(_weight_plots, *plot_arguments)
+            plotted = side.submit(dataset_plots.draw, *plot_arguments)
             shards = dataset.write_shards(*shard_arguments, processes=processes - 1)
             plot_paths = plotted.result()
     else:
         shards = dataset.write_shards(*shard_arguments)
-        plot_paths = _weight_plots(*plot_arguments)
+        plot_paths = dataset_plots.draw(*plot_arguments)
 
     per_file: dict[str, dict] = {}
     for info in infos:
@@ -283,40 +286,6 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     }
     dataset.write_meta(directory, meta)
     return meta
-
-
-@collector.long_lived_objects_frozen()  # also in the process of its own that draws them
-def _weight_plots(cfg: Config, piece_dirs: Sequence[Path], histograms: np.ndarray, weights: np.ndarray,
-                  directory: Path) -> list[Path]:
-    """The pt and eta spectra per label before and after reweighting, and the closure of the
-    weights on the pieces' jets, under ``directory``; returns the files written."""
-    labels = cfg.truth_labels
-    paths = plotting.plot_spectra(histograms, reweighting.reweighted_histograms(histograms, weights),
-                                  cfg.bins_pt, cfg.bins_eta, labels, directory)
-    closure = _closure_spectra(piece_dirs, weights, cfg)
-    return paths + plotting.plot_closure(*closure, cfg.bins_pt, cfg.bins_eta, labels, cfg.reference_flavour,
-                                         directory)
-
-
-def _closure_spectra(piece_dirs: Sequence[Path], weights: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted pt and eta spectra per label in bins finer than the weights' (jet weight times
-    event weight), read from the pieces' small per-jet arrays."""
-    from bhive import pieces
-
-    n_labels = len(cfg.truth_labels)
-    total_pt = total_eta = 0.0
-    for piece in piece_dirs:
-        # as stored, in shard-key order: histograms do not depend on the order of the jets
-        jets = pieces.load_jets(piece)
-        kinematics, truth = jets["kinematics"], jets["truth"]
-        weight = reweighting.jet_weights(weights, kinematics[:, 0], kinematics[:, 1], truth, cfg.bins_pt,
-                                         cfg.bins_eta).astype(np.float64)
-        if cfg.event_weight:
-            weight *= jets[dataset.EVENT_WEIGHT]
-        pt_spectra, eta_spectra = reweighting.closure_histograms(kinematics[:, 0], kinematics[:, 1], truth, weight,
-                                                                 cfg.bins_pt, cfg.bins_eta, n_labels)
-        total_pt, total_eta = total_pt + pt_spectra, total_eta + eta_spectra
-    return np.asarray(total_pt), np.asarray(total_eta)
 
 
 def _piece_groups(cfg: Config, infos: Sequence[dict]) -> list[CandidateGroup]:
