@@ -1,10 +1,8 @@
 """The plots of a dataset under construction: the pt and eta spectra per label before and
 after reweighting, and the closure of the weights on the pieces' jets.
 
-With several cores they are drawn alongside the merge by a freshly spawned process, which
-imports this module and what it imports: drawing, the pieces' format and the weights, not
-the config or the readers of ROOT files. What the plots need of the config comes as
-:class:`PlotSettings`.
+They need the weights, not the shards: with several cores they are drawn while another
+process merges the shards. What they need of the config comes as :class:`PlotSettings`.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ class PlotSettings:
     event_weight: bool
 
 
-@collector.long_lived_objects_frozen()  # also in the process of its own that draws them
+@collector.long_lived_objects_frozen()
 def draw(settings: PlotSettings, piece_dirs: Sequence[Path], histograms: np.ndarray, weights: np.ndarray,
          directory: Path) -> list[Path]:
     """The spectra before and after reweighting (from the summed ``histograms``) and the

@@ -1,5 +1,6 @@
 """Dataset construction: shapes, selection, weights, reproducibility, executors, resumption."""
 
+import concurrent.futures
 import gc
 import hashlib
 import json
@@ -169,19 +170,28 @@ def test_shards_do_not_depend_on_how_they_are_merged(unit):
         dataset.write_shards(piece_dirs, unit["tmp"] / "other", 4, 400, weights, cfg.bins_pt, cfg.bins_eta)
 
 
-@pytest.mark.parametrize("processes, lanes", [(1, 1), (3, 2)])
-def test_with_several_processes_the_plots_take_one_and_the_merge_the_others(unit, monkeypatch, processes, lanes):
-    merged_by = []
-    write_shards = dataset.write_shards
+class InThisProcess(concurrent.futures.ThreadPoolExecutor):
+    """Runs what build_dataset hands to a process of its own, and keeps what that was."""
 
-    def counting(*args, processes=1):
-        merged_by.append(processes)
-        return write_shards(*args, processes=processes)
+    submitted = []
 
-    monkeypatch.setattr(dataset, "write_shards", counting)
-    directory, meta = build(unit, executor="futures", processes=processes)
-    assert merged_by == [lanes]
-    assert meta["plots"] and all((directory / name).is_file() for name in meta["plots"])
+    def __init__(self, workers, mp_context=None):
+        super().__init__(workers)
+
+    def submit(self, function, *args, **kwargs):
+        self.submitted.append((function, kwargs))
+        return super().submit(function, *args, **kwargs)
+
+
+def test_with_several_processes_another_process_merges_while_this_one_draws(unit, monkeypatch):
+    monkeypatch.setattr(construction.concurrent.futures, "ProcessPoolExecutor", InThisProcess)
+    InThisProcess.submitted.clear()
+    reference_dir, reference = build(unit, "one", executor="iterative")
+    assert InThisProcess.submitted == []
+    directory, meta = build(unit, "three", executor="iterative", processes=3)
+    assert InThisProcess.submitted == [(dataset.write_shards, {"processes": 2})]
+    assert shard_digest(directory, meta) == shard_digest(reference_dir, reference)
+    assert meta["plots"] == reference["plots"] and all((directory / name).is_file() for name in meta["plots"])
 
 
 def test_merge_buffers_are_reused_and_grow_when_a_shard_needs_more():
