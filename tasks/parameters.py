@@ -28,7 +28,8 @@ class DatasetParameters:
     executor = luigi.ChoiceParameter(choices=construction.EXECUTORS, default="futures", significant=False,
                                      description="coffea executor: iterative, futures or dask; default: futures")
     processes = luigi.IntParameter(default=os.cpu_count() or 1, significant=False,
-                                   description="parallel processes (coffea executor, simulation); default: all cores")
+                                   description="parallel processes (coffea executor, simulation, the merge into shards "
+                                               "and its plots); default: all cores")
     scheduler_address = luigi.Parameter(default="", significant=False,
                                         description="dask scheduler to use (default: start a local cluster)")
     keep_pieces = luigi.BoolParameter(default=False, significant=False,
