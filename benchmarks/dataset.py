@@ -39,7 +39,7 @@ import numpy as np
 from benchmarks.report import print_table
 
 # The config, the conversion, the simulation and the processors (coffea) are imported where
-# they are used: with several processes the conversion draws its plots in a spawned process,
+# they are used: with several processes the conversion merges the shards in a spawned process,
 # which imports the main module again, and `law run`, whose main module imports nothing,
 # does not pay for them there either.
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bhive import collector, dataset, dataset_plots, inputs, optional_groups, reweighting
+from bhive import collector, dataset, dataset_plots, heap, inputs, optional_groups, reweighting
 from bhive.config import CandidateGroup, Config
 from bhive.store import code_version, stable_hash
 
@@ -192,6 +192,9 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
     from bhive import pieces
 
     infos = [pieces.read_info(d) for d in piece_dirs]
+    # before anything is drawn or merged: drawing reads the pieces too, and would fail on a
+    # damaged one with an error that does not say what to do
+    dataset.check_pieces(piece_dirs, infos, seed)
     groups = _piece_groups(cfg, infos)
     labels = cfg.truth_labels
     counts = dataset.total_counts(infos)
@@ -233,9 +236,17 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
         # the merge takes the others (on two cores, one merging thread beside the plots merged
         # 2M jets in 3.5-3.8 s, two in 4.0-4.2 s: each reads ahead into memory of its own, new
         # memory costs a fault per page, and one thread alone kept the disk nearly busy)
+        heap.release_freed_memory()  # what the processing freed here, while another process merges
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as side:
             merged = side.submit(dataset.write_shards, *shard_arguments, processes=processes - 1)
-            plot_paths = dataset_plots.draw(*plot_arguments)
+            try:
+                plot_paths = dataset_plots.draw(*plot_arguments)
+            except BaseException:
+                # where the merge failed too (pieces changed since they were checked), its error
+                # names the piece and says what to do
+                if isinstance(merged.exception(), dataset.DatasetError):
+                    raise merged.exception() from None
+                raise
             shards = merged.result()
     else:
         shards = dataset.write_shards(*shard_arguments)

@@ -86,6 +86,20 @@ def summed_bin_sums(infos: Sequence[dict], n_labels: int, n_pt: int, n_eta: int)
     return total
 
 
+def check_pieces(piece_dirs: Sequence[Path], infos: Sequence[dict | None], seed: int) -> None:
+    """Raise :class:`DatasetError` naming the first piece a dataset for ``seed`` cannot be built
+    from: unfinished, ordered for another seed, in another layout, or with a file of another
+    shape or cut short. Reads only the files' headers and sizes."""
+    for piece_dir, info in zip(piece_dirs, infos):
+        if info is not None and info.get(pieces.SHARD_SEED) != seed:
+            raise DatasetError(f"piece {piece_dir} was ordered for seed {info.get(pieces.SHARD_SEED)}, not {seed}; "
+                               f"remove the pieces and make them again with seed {seed}")
+        try:
+            pieces.check(piece_dir, info)
+        except pieces.PieceError as error:
+            raise DatasetError(f"{error}; remove the pieces and make them again") from None
+
+
 def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_size: int,
                  weights: np.ndarray, bins_pt: Sequence[float], bins_eta: Sequence[float],
                  processes: int = 1) -> list[dict]:
@@ -98,10 +112,7 @@ def write_shards(piece_dirs: Sequence[Path], directory: Path, seed: int, shard_s
     """
     piece_dirs = sorted(piece_dirs, key=lambda d: Path(d).name)  # the given order does not matter
     infos = [pieces.read_info(d) for d in piece_dirs]
-    for piece_dir, info in zip(piece_dirs, infos):
-        if info.get(pieces.SHARD_SEED) != seed:
-            raise DatasetError(f"piece {piece_dir} was ordered for seed {info.get(pieces.SHARD_SEED)}, not {seed}; "
-                               f"remove the pieces and make them again with seed {seed}")
+    check_pieces(piece_dirs, infos, seed)
     layout = {name: spec for info in infos for name, spec in info["arrays"].items()}
     total = sum(info["n_jets"] for info in infos)
     n_shards = max(1, math.ceil(total / shard_size))

@@ -131,8 +131,8 @@ def write_piece(directory: Path, arrays: Mapping[str, np.ndarray | packed.Packed
 def load_jets(directory: Path) -> np.ndarray:
     """The per-jet arrays of a finished piece as stored: one record per jet, a field per array,
     the jets in the order of their shard keys, which is enough where the order of jets does not
-    matter (sums, histograms)."""
-    return np.load(Path(directory) / JETS_FILE, allow_pickle=False)
+    matter (sums, histograms). Checked against the piece's info and read past the page cache."""
+    return _files(Path(directory), read_info(Path(directory)))[0].load()
 
 
 def load_stored(directory: Path, name: str) -> np.ndarray:
@@ -164,19 +164,16 @@ class PieceReader:
 
     def __init__(self, directory: Path, info: Mapping, seed: int, n_shards: int, names: Iterable[str]) -> None:
         self.directory = Path(directory)
-        if not is_current(info):
-            raise PieceError(f"piece {self.directory} is in another layout ({LAYOUT} {info.get(LAYOUT)}, this code "
-                             f"reads {CURRENT_LAYOUT})")
         self.bounds = shard_bounds(seed, self.directory.name, info["n_jets"], n_shards)
         self.specs = {name: info["arrays"][name] for name in names}
-        self._records = _ArrayFile(self.directory / JETS_FILE, [info["n_jets"]], jet_record(info["arrays"]))
-        self._files, self._entry_bounds = {}, {}
-        packed_specs = {name: spec for name, spec in self.specs.items() if "packed_by" in spec}
-        records = np.load(self._records.path, allow_pickle=False) if packed_specs else None
-        for name, spec in packed_specs.items():
-            self._files[name] = _ArrayFile(self.directory / f"{name}.npy", [spec["entries"], *spec["shape"][2:]],
-                                           np.dtype(spec["dtype"]))
-            self._entry_bounds[name] = packed.entry_offsets(records[spec["packed_by"]])[self.bounds]
+        self._records, packed_files = _files(self.directory, info)
+        self._files = {name: packed_files[name] for name in self.specs if name in packed_files}
+        self._entry_bounds = {}
+        if self._files:
+            records = self._records.load()
+            for name in self._files:
+                offsets = packed.entry_offsets(records[self.specs[name]["packed_by"]])
+                self._entry_bounds[name] = offsets[self.bounds]
 
     def n_jets(self, shard: int) -> int:
         return int(self.bounds[shard + 1] - self.bounds[shard])
@@ -202,6 +199,26 @@ class PieceReader:
                 file.read(int(bounds[shard]), int(bounds[shard + 1]), outs[name])
 
 
+def check(directory: Path, info: Mapping | None) -> None:
+    """Raise :class:`PieceError` if ``directory`` is not a finished piece in the current
+    layout whose files hold the shapes and dtypes its ``info`` gives, each whole."""
+    _files(Path(directory), info)
+
+
+def _files(directory: Path, info: Mapping | None) -> tuple[_ArrayFile, dict[str, _ArrayFile]]:
+    """The records file of a piece and its packed arrays' files (name -> file), checked."""
+    if info is None:
+        raise PieceError(f"piece {directory} is not finished ({INFO_FILE} is missing)")
+    if not is_current(info):
+        raise PieceError(f"piece {directory} is in another layout ({LAYOUT} {info.get(LAYOUT)}, this code "
+                         f"reads {CURRENT_LAYOUT})")
+    records = _ArrayFile(directory / JETS_FILE, [info["n_jets"]], jet_record(info["arrays"]))
+    packed_files = {name: _ArrayFile(directory / f"{name}.npy", [spec["entries"], *spec["shape"][2:]],
+                                     np.dtype(spec["dtype"]))
+                    for name, spec in info["arrays"].items() if "packed_by" in spec}
+    return records, packed_files
+
+
 class _ArrayFile:
     """The rows of one ``.npy`` file, read by offset without mapping or loading the file."""
 
@@ -217,7 +234,7 @@ class _ArrayFile:
             raise PieceError(f"piece file {path} cannot be read ({error})") from None
         if found != (tuple(shape), False, dtype):
             raise PieceError(f"piece file {path} holds {found[2]} {found[0]}, its info says {dtype} {tuple(shape)}")
-        self.dtype = dtype
+        self.shape, self.dtype = tuple(shape), dtype
         self.row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
         missing = self.offset + shape[0] * self.row_bytes - size
         if missing > 0:  # before any shard is merged; a file cut while the merge runs fails its read
@@ -228,3 +245,9 @@ class _ArrayFile:
             direct_io.read_into(self.path, self.offset + start * self.row_bytes, out)
         except direct_io.ShortFileError as error:
             raise PieceError(f"piece file {error}") from None
+
+    def load(self) -> np.ndarray:
+        """The whole array, read past the page cache like the blocks (:mod:`bhive.direct_io`)."""
+        values = np.empty(self.shape, self.dtype)
+        self.read(0, self.shape[0], values)
+        return values

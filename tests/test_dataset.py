@@ -250,7 +250,8 @@ def test_a_piece_holds_its_per_jet_arrays_as_records_of_one_file(tmp_path):
     mask = rng.random((n, 4)) < 0.5
     arrays = {"global": rng.normal(size=(n, 3)).astype(np.float32), "truth": rng.integers(0, 4, n).astype(np.int16),
               "mask_cpf": mask, "kinematics": rng.normal(size=(n, 2)).astype(np.float32),
-              "extras": np.zeros((n, 0), np.float32),
+              "extras": np.zeros((n, 0), np.float32), "mc_weight": rng.normal(size=n).astype(">f8"),
+              "target": rng.normal(size=(n, 2, 3)).astype(np.float16),
               "cpf": np.where(mask[..., None], rng.normal(size=(n, 4, 2)), 0).astype(np.float32)}
     piece = tmp_path / "piece"
     pieces.write_piece(piece, arrays, {"n_jets": n}, seed=9, masks={"cpf": "mask_cpf"})
@@ -269,6 +270,51 @@ def test_a_piece_holds_its_per_jet_arrays_as_records_of_one_file(tmp_path):
     info = pieces.read_info(piece)
     shuffled = dict(reversed(list(info["arrays"].items())))
     assert pieces.jet_record(shuffled) == records.dtype
+    # a shard's block of every array, read as the merge reads it, is the stored rows of its jets
+    reader = pieces.PieceReader(piece, info, 9, 3, info["arrays"])
+    for shard in range(3):
+        rows = slice(reader.bounds[shard], reader.bounds[shard + 1])
+        outs = {name: np.empty((reader.n_rows(name, shard), *values.shape[2 if name == "cpf" else 1:]), values.dtype)
+                for name, values in arrays.items()}
+        reader.read_all(shard, outs)
+        for name in records.dtype.names:
+            np.testing.assert_array_equal(outs[name], arrays[name][order][rows])
+        np.testing.assert_array_equal(outs["cpf"], arrays["cpf"][order][rows][mask[order][rows]])
+
+
+def test_a_piece_without_jets_is_read_as_empty_blocks(tmp_path):
+    arrays = {"global": np.zeros((0, 3), np.float32), "mask_cpf": np.zeros((0, 4), bool),
+              "extras": np.zeros((0, 0), np.float32), "cpf": np.zeros((0, 4, 2), np.float32)}
+    piece = tmp_path / "piece"
+    pieces.write_piece(piece, arrays, {"n_jets": 0}, seed=9, masks={"cpf": "mask_cpf"})
+    info = pieces.read_info(piece)
+    reader = pieces.PieceReader(piece, info, 9, 2, info["arrays"])
+    outs = {"global": np.empty((0, 3), np.float32), "mask_cpf": np.empty((0, 4), bool),
+            "extras": np.empty((0, 0), np.float32), "cpf": np.empty((0, 2), np.float32)}
+    reader.read_all(1, outs)
+    assert [reader.n_rows(name, 1) for name in outs] == [0, 0, 0, 0]
+    assert pieces.load_jets(piece).shape == (0,) and pieces.load_array(piece, "cpf").shape == (0, 4, 2)
+
+
+@pytest.mark.parametrize("damage", ["cut records", "older layout"])
+def test_a_damaged_piece_stops_the_build_with_its_name_whatever_the_processes(unit, damage):
+    cfg = unit["cfg"]
+    build(unit, "a")
+    piece_dirs = sorted((unit["tmp"] / "a" / "pieces").iterdir())
+    victim = piece_dirs[2]
+    if damage == "cut records":
+        os.truncate(victim / pieces.JETS_FILE, (victim / pieces.JETS_FILE).stat().st_size - 100)
+        expected = rf"piece file {victim / pieces.JETS_FILE} ends 100 bytes early; remove the pieces"
+    else:
+        info = pieces.read_info(victim)
+        (victim / pieces.INFO_FILE).write_text(json.dumps({**info, pieces.LAYOUT: 1}))
+        expected = rf"piece {victim} is in another layout.*; remove the pieces"
+    for processes in (1, 2):
+        target = unit["tmp"] / f"again_{processes}"
+        with pytest.raises(dataset.DatasetError, match=expected):
+            construction.build_dataset(cfg, piece_dirs, target, split="train", seed=3, shard_size=400,
+                                       dataset_identity={}, processes=processes)
+        assert not (target / dataset.META_FILE).exists() and not (target.exists() and any(target.glob("shard_*")))
 
 
 def test_a_piece_of_an_older_layout_is_made_again_and_never_merged(unit):
