@@ -194,6 +194,29 @@ def test_with_several_processes_another_process_merges_while_this_one_draws(unit
     assert meta["plots"] == reference["plots"] and all((directory / name).is_file() for name in meta["plots"])
 
 
+@pytest.mark.parametrize("merge_fails", [True, False])
+def test_when_drawing_fails_a_failed_merge_says_why(unit, monkeypatch, merge_fails):
+    piece_dirs = construction.process_files(unit["cfg"], inputs.resolve_files(unit["cfg"].samples.train, "train"),
+                                            unit["tmp"] / "pieces", construction.ExecutorSettings(executor="iterative"),
+                                            DeepNtupleProcessor, seed=3)
+
+    def failing_merge(*args, processes=1):
+        raise dataset.DatasetError("piece p is damaged; remove the pieces and make them again")
+
+    def failing_drawing(*args):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(construction.concurrent.futures, "ProcessPoolExecutor", InThisProcess)
+    monkeypatch.setattr(construction.dataset_plots, "draw", failing_drawing)
+    if merge_fails:
+        monkeypatch.setattr(dataset, "write_shards", failing_merge)
+    error = dataset.DatasetError if merge_fails else RuntimeError
+    with pytest.raises(error, match="piece p is damaged" if merge_fails else "drawing failed"):
+        construction.build_dataset(unit["cfg"], piece_dirs, unit["tmp"] / "dataset", split="train", seed=3,
+                                   shard_size=400, dataset_identity={}, processes=2)
+    assert not (unit["tmp"] / "dataset" / dataset.META_FILE).exists()
+
+
 def test_merge_buffers_are_reused_and_grow_when_a_shard_needs_more():
     buffers = dataset._Buffers()
     first = buffers.array("cpf", (10, 3), np.float32)
