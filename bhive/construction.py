@@ -244,8 +244,9 @@ def build_dataset(cfg: Config, piece_dirs: Sequence[Path], directory: Path, *, s
             except BaseException:
                 # where the merge failed too (pieces changed since they were checked), its error
                 # names the piece and says what to do
-                if isinstance(merged.exception(), dataset.DatasetError):
-                    raise merged.exception() from None
+                merge_error = merged.exception()
+                if isinstance(merge_error, dataset.DatasetError):
+                    raise merge_error from None
                 raise
             shards = merged.result()
     else:

@@ -46,6 +46,8 @@ LAYOUT = "piece_layout"
 CURRENT_LAYOUT = 2
 # stream of the seeded generator that draws the shard keys (the dataset uses others)
 _SHARD_KEYS = 2
+# the dtype kinds a piece's arrays may have: booleans, integers, floats, complex numbers
+_NUMERIC_KINDS = frozenset("biufc")
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
@@ -212,6 +214,15 @@ def _files(directory: Path, info: Mapping | None) -> tuple[_ArrayFile, dict[str,
     if not is_current(info):
         raise PieceError(f"piece {directory} is in another layout ({LAYOUT} {info.get(LAYOUT)}, this code "
                          f"reads {CURRENT_LAYOUT})")
+    for name, spec in info["arrays"].items():
+        # an allow-list: bytes read into anything else (object references, above all) mean nothing
+        try:
+            kind = np.dtype(spec["dtype"]).kind
+        except TypeError:
+            kind = None
+        if kind not in _NUMERIC_KINDS:
+            raise PieceError(f"piece {directory}: its info gives array '{name}' the dtype {spec['dtype']!r}; "
+                             f"pieces hold booleans and numbers only")
     records = _ArrayFile(directory / JETS_FILE, [info["n_jets"]], jet_record(info["arrays"]))
     packed_files = {name: _ArrayFile(directory / f"{name}.npy", [spec["entries"], *spec["shape"][2:]],
                                      np.dtype(spec["dtype"]))

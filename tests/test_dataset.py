@@ -340,6 +340,23 @@ def test_a_damaged_piece_stops_the_build_with_its_name_whatever_the_processes(un
         assert not (target / dataset.META_FILE).exists() and not (target.exists() and any(target.glob("shard_*")))
 
 
+@pytest.mark.parametrize("dtype", ["|O", "<U4", "not a dtype", "V8"])
+def test_a_piece_whose_info_names_anything_but_numbers_is_refused(unit, dtype):
+    cfg = unit["cfg"]
+    _, meta = build(unit, "a")
+    piece_dirs = sorted((unit["tmp"] / "a" / "pieces").iterdir())
+    victim = piece_dirs[1]
+    info = pieces.read_info(victim)
+    info["arrays"]["truth"]["dtype"] = dtype
+    (victim / pieces.INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(dataset.DatasetError, match=rf"piece {victim}: its info gives array 'truth' the dtype "
+                                                   rf"'{dtype}'; pieces hold booleans and numbers only"):
+        dataset.write_shards(piece_dirs, unit["tmp"] / "again", 3, 400, np.asarray(meta["weights"]), cfg.bins_pt,
+                             cfg.bins_eta)
+    with pytest.raises(pieces.PieceError, match="booleans and numbers only"):
+        pieces.load_jets(victim)
+
+
 def test_a_piece_of_an_older_layout_is_made_again_and_never_merged(unit):
     cfg = unit["cfg"]
     _, meta = build(unit, "a")
